@@ -1,0 +1,36 @@
+"""Quickstart: the tutorial's baseline CNN (4 conv layers, pooling, dropout, softmax) on digits.
+
+The dataset is scikit-learn's bundled 8x8 digits (1797 images, 10 classes), built offline into
+a TFDS dataset on first use with a fixed stratified train/validation/test split.
+
+Command:
+    python launch/train.py --config=configs/quickstart.py --workdir=runs/quickstart
+    (or `make run`)
+
+Expected result: test/accuracy >= 0.98 in summary.json, ~60 s wall time on a 2-core CPU
+(install excluded), 4 checkpoints written during the run.
+"""
+
+import ml_collections
+
+from research.config import base_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The quickstart config; `arg` is unused."""
+    c = base_config()
+    c.seed = 0
+    c.batch_size = 64
+    c.total_epochs = 40.0
+    c.log_every_steps = 50
+    c.eval_every_steps = 200
+    c.model = ml_collections.ConfigDict(
+        {"name": "cnn", "dropout_rate": 0.25, "head_dropout_rate": 0.5}
+    )
+    c.data.name = "digits"
+    c.optimizer.name = "adam"
+    c.optimizer.learning_rate = 2e-3
+    c.optimizer.warmup_steps = 50
+    c.checkpoint.every_steps = 200
+    c.checkpoint.best_metric = "eval/accuracy"
+    return c

@@ -1,0 +1,1 @@
+"""A JAX/Flax research codebase: one training loop for every model family."""

@@ -1,0 +1,59 @@
+"""Figures written into a run's `plots/`: learning curves and the confusion matrix."""
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: runs write PNGs, they never open windows
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def learning_curves(rows: Iterable[Mapping[str, float]], path: Path) -> Path:
+    """One panel per metric name (loss, accuracy, ...), one line per split, against the step."""
+    series: dict[str, dict[str, tuple[list, list]]] = defaultdict(dict)
+    for row in rows:
+        for key, value in row.items():
+            if key == "step" or "/" not in key:
+                continue
+            split, name = key.split("/", 1)
+            xs, ys = series[name].setdefault(split, ([], []))
+            xs.append(row["step"])
+            ys.append(value)
+    names = sorted(series)
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4 * max(1, len(names)), 3.2))
+    for ax, name in zip(np.atleast_1d(axes), names, strict=False):
+        for split, (xs, ys) in sorted(series[name].items()):
+            ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, label=split)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.legend()
+    return _save(fig, path)
+
+
+def confusion_matrix(matrix: np.ndarray, path: Path, class_names: Sequence[str] = ()) -> Path:
+    """A heatmap of counts, rows = true class, columns = predicted class."""
+    matrix = np.asarray(matrix)
+    n = matrix.shape[0]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * n, 1 + 0.45 * n))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        if count:
+            color = "white" if count > matrix.max() / 2 else "black"
+            ax.text(j, i, int(count), ha="center", va="center", fontsize=7, color=color)
+    labels = list(class_names) or [str(i) for i in range(n)]
+    ax.set_xticks(range(n), labels, rotation=90)
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

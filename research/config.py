@@ -1,0 +1,244 @@
+"""Experiment configs: the shared keys, overrides, duration resolution, validation and dumping.
+
+Config files hold only what the user chose. Durations carry their unit in the key name
+(`total_steps` / `total_epochs`, `eval_every_steps` / `eval_every_epochs`, ...); `resolve` turns
+every `<name>_epochs` into its `<name>_steps` sibling once the dataset size is known, so the code
+downstream only ever reads `*_steps`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from research.errors import ConfigError
+
+PARALLEL_MODES = ("jit", "pmap")
+WANDB_MODES = ("offline", "online", "disabled")
+# Keys that say how a run executes, not what it computes: a workdir may be resumed with other
+# values (e.g. a run preempted on 8 devices continues on 1).
+RUNTIME_KEYS = ("parallel", "tracking", "data.data_dir", "data.in_memory", "checkpoint.async_save")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key shared by all experiments, with defaults; config files start from this."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 128  # global, over all devices and hosts
+    c.eval_batch_size = config_dict.placeholder(int)  # None -> batch_size
+    c.total_steps = config_dict.placeholder(int)
+    c.total_epochs = config_dict.placeholder(float)
+    c.log_every_steps = 50
+    c.eval_every_steps = config_dict.placeholder(int)  # None -> only at the end
+    c.eval_every_epochs = config_dict.placeholder(float)
+    c.init_from = config_dict.placeholder(str)  # a workdir or checkpoints dir to warm-start from
+
+    c.model = ml_collections.ConfigDict({"name": "mlp"})
+    c.task = ml_collections.ConfigDict({"name": "classification", "label_smoothing": 0.0})
+    c.data = _data_defaults()
+    c.optimizer = _optimizer_defaults()
+    c.checkpoint = _checkpoint_defaults()
+    c.parallel = ml_collections.ConfigDict(
+        {
+            "mode": "jit",  # jit (NamedSharding, global view) | pmap (per-device, pmean)
+            "distributed": False,  # call jax.distributed.initialize() (multi-host)
+            "num_devices": config_dict.placeholder(int),  # None -> all; fewer: single process only
+        }
+    )
+    c.tracking = _tracking_defaults()
+    return c
+
+
+def _data_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "name": "digits",  # a TFDS dataset name
+            "data_dir": config_dict.placeholder(
+                str
+            ),  # None -> $TFDS_DATA_DIR or ~/tensorflow_datasets
+            "train_split": "train",
+            "eval_split": "validation",
+            "test_split": "test",
+            "in_memory": True,  # load small splits into RAM once; set False for large datasets
+        }
+    )
+
+
+def _optimizer_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "name": "adam",  # sgd | momentum | nesterov | adam | adamw
+            "learning_rate": 1e-3,  # peak learning rate
+            "momentum": 0.9,
+            "b1": 0.9,
+            "b2": 0.999,
+            "eps": 1e-8,
+            "weight_decay": 0.0,  # decoupled, adamw only
+            "schedule": "warmup_cosine",  # constant | warmup_cosine
+            "warmup_steps": config_dict.placeholder(int),
+            "warmup_epochs": config_dict.placeholder(float),
+            "end_lr_factor": 0.0,  # final lr = end_lr_factor * learning_rate
+            "grad_clip_norm": config_dict.placeholder(float),  # None -> no clipping
+        }
+    )
+
+
+def _checkpoint_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "every_steps": config_dict.placeholder(int),  # None -> only at the end
+            "every_epochs": config_dict.placeholder(float),
+            "keep": 3,
+            "best_metric": "eval/accuracy",  # "" -> keep only the latest ones
+            "best_mode": "max",
+            "async_save": True,
+        }
+    )
+
+
+def _tracking_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "wandb_mode": "offline",
+            "project": "research",
+            "entity": config_dict.placeholder(str),
+            "group": config_dict.placeholder(str),
+            "tags": (),
+            "progress": True,
+            "plots": True,
+        }
+    )
+
+
+def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
+    """Import a config file and call its `get_config(arg)`; the result is locked."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} defines no get_config(arg=None)")
+    config = module.get_config(arg) if arg is not None else module.get_config()
+    config.lock()
+    return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
+    """Set dotted keys (`optimizer.learning_rate`) in place; unknown keys and wrong types fail."""
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        try:
+            for name in parents:
+                node = node[name]
+            if leaf not in node:
+                raise KeyError(leaf)
+            node[leaf] = value
+        except KeyError:
+            raise ConfigError(f"unknown config key '{key}'") from None
+        except TypeError as e:
+            raise ConfigError(f"config key '{key}': {e}") from None
+
+
+def _duration_pairs(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple]:
+    """Yield (node, dotted base name, base) for every `<base>_epochs`/`<base>_steps` pair."""
+    for key in list(config.keys()):
+        value = config[key]
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _duration_pairs(value, f"{prefix}{key}.")
+        elif key.endswith("_epochs") and f"{key[: -len('_epochs')]}_steps" in config:
+            base = key[: -len("_epochs")]
+            yield config, f"{prefix}{base}", base
+
+
+def resolve(
+    config: ml_collections.ConfigDict, *, num_train_examples: int
+) -> ml_collections.FrozenConfigDict:
+    """Turn every duration into steps (given the dataset size), validate, and freeze."""
+    resolved = ml_collections.ConfigDict(config.to_dict(), type_safe=True)
+    if resolved.batch_size <= 0:
+        raise ConfigError(f"batch_size must be positive, got {resolved.batch_size}")
+    steps_per_epoch = num_train_examples / resolved.batch_size
+    for node, dotted, base in _duration_pairs(resolved):
+        epochs, steps = node[f"{base}_epochs"], node[f"{base}_steps"]
+        if epochs is not None and steps is not None:
+            raise ConfigError(f"set only one of '{dotted}_steps' and '{dotted}_epochs'")
+        if epochs is not None:
+            node[f"{base}_steps"] = max(1, math.ceil(epochs * steps_per_epoch))
+    if resolved.total_steps is None:
+        raise ConfigError("set 'total_steps' or 'total_epochs'")
+    if resolved.eval_batch_size is None:
+        resolved.eval_batch_size = resolved.batch_size
+    validate(resolved)
+    return ml_collections.FrozenConfigDict(resolved)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Check values that the type system cannot: ranges and choices."""
+    _check_choice(config, "parallel.mode", PARALLEL_MODES)
+    _check_choice(config, "tracking.wandb_mode", WANDB_MODES)
+    _check_choice(config, "checkpoint.best_mode", ("min", "max"))
+    for key in ("total_steps", "log_every_steps", "eval_batch_size", "checkpoint.keep"):
+        if _get(config, key) <= 0:
+            raise ConfigError(f"'{key}' must be positive, got {_get(config, key)}")
+    for key in ("eval_every_steps", "checkpoint.every_steps", "optimizer.warmup_steps"):
+        value = _get(config, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"'{key}' must be >= 0, got {value}")
+
+
+def check_batch_divides(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """The global batch is split evenly over devices; say so before anything is built."""
+    for key in ("batch_size", "eval_batch_size"):
+        if _get(config, key) % num_devices:
+            raise ConfigError(
+                f"'{key}'={_get(config, key)} is not divisible by the {num_devices} devices; "
+                f"use a multiple of {num_devices}"
+            )
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    node = config
+    for name in dotted.split("."):
+        node = node[name]
+    return node
+
+
+def _check_choice(config: ml_collections.ConfigDict, key: str, choices: tuple[str, ...]) -> None:
+    value = _get(config, key)
+    if value not in choices:
+        raise ConfigError(f"'{key}' must be one of {', '.join(choices)}; got '{value}'")
+
+
+def to_json(config: ml_collections.ConfigDict | ml_collections.FrozenConfigDict) -> str:
+    """The config as stable, sorted JSON (what `config.json` holds)."""
+    return json.dumps(_plain(config), indent=2, sort_keys=True)
+
+
+def identity(config_json: str) -> dict:
+    """The parts of a dumped config that define the computation (all but RUNTIME_KEYS)."""
+    tree = json.loads(config_json)
+    for key in RUNTIME_KEYS:
+        *parents, leaf = key.split(".")
+        node = tree
+        for name in parents:
+            node = node.get(name, {})
+        node.pop(leaf, None)
+    return tree
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, ml_collections.ConfigDict | ml_collections.FrozenConfigDict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value

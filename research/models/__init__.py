@@ -1,0 +1,44 @@
+"""Model registry: `get_model(config.model, num_classes=...)` builds any family by name."""
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import flax.linen as nn
+
+from research.errors import ConfigError
+from research.models.cnn import CNN
+from research.models.layers import resolve_dtype
+from research.models.mlp import MLP
+
+# name -> (module class, default keyword arguments); a config's model.* keys override the defaults.
+MODELS: Mapping[str, tuple[type[nn.Module], Mapping[str, Any]]] = MappingProxyType(
+    {
+        "mlp": (MLP, {}),
+        "mlp_tiny": (MLP, {"hidden_sizes": (16,)}),
+        "cnn": (CNN, {}),
+        "cnn_tiny": (CNN, {"stage_features": (4, 8), "dense_features": 16}),
+    }
+)
+
+
+def get_model(
+    model_config: Mapping[str, Any], *, num_classes: int, bn_axis_name: str | None = None
+) -> nn.Module:
+    """Instantiate `model_config.name` with the config's other keys as constructor arguments."""
+    kwargs = dict(model_config)
+    name = kwargs.pop("name")
+    if name not in MODELS:
+        raise ConfigError(f"unknown model.name '{name}'; known: {', '.join(sorted(MODELS))}")
+    cls, defaults = MODELS[name]
+    kwargs = {**defaults, **kwargs, "num_classes": num_classes}
+    if "dtype" in kwargs:
+        kwargs["dtype"] = resolve_dtype(kwargs["dtype"])
+    if "bn_axis_name" in cls.__dataclass_fields__:
+        kwargs["bn_axis_name"] = bn_axis_name
+    unknown = sorted(set(kwargs) - set(cls.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(
+            f"model '{name}' has no option(s) {', '.join(unknown)} (model.{unknown[0]})"
+        )
+    return cls(**kwargs)

@@ -1,0 +1,26 @@
+"""The task protocol: how the generic steps turn model outputs into a loss and metrics."""
+
+from typing import Any, Protocol
+
+import jax
+
+
+class Task(Protocol):
+    """A task maps (model outputs, batch) to a scalar loss and to summable eval statistics.
+
+    Train metrics are batch means (averaged over devices by the step). Eval statistics are sums
+    over the real (mask == 1) examples, so padded batches and any number of devices or hosts
+    give the same totals; `finalize` turns the totals into metrics.
+    """
+
+    def inputs(self, batch: dict[str, jax.Array]) -> Any:
+        """What the model is called on."""
+
+    def loss(self, outputs: Any, aux: dict, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """(mean loss, metrics as batch means) for one training batch."""
+
+    def eval_sums(self, outputs: Any, aux: dict, batch: dict) -> dict[str, jax.Array]:
+        """Masked per-batch sums that `finalize` turns into metrics."""
+
+    def finalize(self, sums: dict[str, Any]) -> dict[str, float]:
+        """Scalar metrics (no split prefix) from totals over a whole split."""

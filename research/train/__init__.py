@@ -1,0 +1,1 @@
+"""Training: the state pytree, pure steps, the loop and its hooks."""

@@ -1,0 +1,102 @@
+"""Build everything a run needs from its config, before anything is written to the workdir.
+
+A user mistake (unknown model, missing dataset, batch size that does not divide the devices)
+surfaces here as a UserError, so a failed start leaves the workdir untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import optax
+
+from research import config as cfg
+from research import data
+from research.errors import ConfigError
+from research.models import get_model
+from research.optim import build_optimizer
+from research.parallel import Parallel
+from research.tasks import Task, get_task
+from research.train.state import make_init_fn
+from research.train.step import make_eval_step, make_train_step
+
+# The splits a run reads, by the metric prefix they are reported under.
+SPLIT_KEYS = {"train": "train_split", "eval": "eval_split", "test": "test_split"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """The resolved config and the objects built from it."""
+
+    config: ml_collections.FrozenConfigDict
+    info: data.DatasetInfo
+    par: Parallel
+    model: nn.Module
+    task: Task
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    sources: dict[str, Any]
+    transform: Callable[[dict], dict]
+    init_fn: Callable[[jax.Array], Any]
+    train_step: Callable
+    eval_step: Callable
+
+    @property
+    def total_steps(self) -> int:
+        """Training steps of the whole run."""
+        return self.config.total_steps
+
+
+def build_run(config: ml_collections.ConfigDict) -> Run:
+    """Resolve the config against the dataset and build model, task, optimizer and steps."""
+    info = data.dataset_info(config.data.name, config.data.data_dir)
+    train_split = config.data.train_split
+    if train_split not in info.splits:
+        raise ConfigError(
+            f"data.train_split '{train_split}' is not a split of {info.name}; "
+            f"available: {', '.join(info.splits)}"
+        )
+    config = cfg.resolve(config, num_train_examples=info.splits[train_split])
+    par = Parallel.create(config.parallel.mode, config.parallel.num_devices)
+    cfg.check_batch_divides(config, par.num_devices)
+    _check_init_from(config.init_from)
+
+    sources = {
+        prefix: data.open_source(
+            info.name, config.data[key], config.data.data_dir, in_memory=config.data.in_memory
+        )
+        for prefix, key in SPLIT_KEYS.items()
+    }
+    transform = data.make_transform()
+    model = get_model(config.model, num_classes=info.num_classes, bn_axis_name=par.axis_name)
+    task = get_task(config.task, num_classes=info.num_classes)
+    tx, schedule = build_optimizer(config.optimizer, config.total_steps)
+    sample = transform(sources["train"][0])
+    init_fn = make_init_fn(model, tx, task.inputs({k: v[None] for k, v in sample.items()}))
+    train_step = make_train_step(model, task, tx, schedule, axis_name=par.axis_name)
+    eval_step = make_eval_step(model, task, axis_name=par.axis_name)
+    return Run(
+        config=config,
+        info=info,
+        par=par,
+        model=model,
+        task=task,
+        tx=tx,
+        schedule=schedule,
+        sources=sources,
+        transform=transform,
+        init_fn=init_fn,
+        train_step=par.compile_train_step(train_step),
+        eval_step=par.compile_eval_step(eval_step),
+    )
+
+
+def _check_init_from(path: str | None) -> None:
+    if path and not Path(path).exists():
+        raise ConfigError(f"init_from: '{path}' does not exist (a run's workdir or checkpoints/)")

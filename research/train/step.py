@@ -1,0 +1,79 @@
+"""Pure train and eval steps built from (model, task, optimizer): no I/O, no Python side effects.
+
+`axis_name` is set only under `jax.pmap`, where each device sees its own shard and gradients,
+metrics and eval sums are averaged or summed across devices explicitly. Under `jax.jit` with
+NamedSharding the step sees the global batch and XLA inserts the collectives.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from research.tasks import Task
+from research.train.state import TrainState, model_variables
+
+Batch = dict[str, jax.Array]
+
+
+def make_train_step(
+    model: nn.Module,
+    task: Task,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    axis_name: str | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """`(state, batch) -> (state, metrics)`; metrics are `train/*` scalars on device."""
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        if axis_name is not None:  # independent dropout masks per device shard
+            rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+        def loss_fn(params: Any) -> tuple[jax.Array, tuple[dict, dict]]:
+            (outputs, aux), mutated = model.apply(
+                model_variables(state, params),
+                task.inputs(batch),
+                train=True,
+                rngs={"dropout": rng},
+                mutable=["batch_stats"],
+            )
+            loss, metrics = task.loss(outputs, aux, batch)
+            return loss, (metrics, mutated)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (_, (metrics, mutated)), grads = grad_fn(state.params)
+        if axis_name is not None:
+            grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            batch_stats=mutated.get("batch_stats", state.batch_stats),
+            opt_state=opt_state,
+        )
+        metrics = {
+            **metrics,
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+        }
+        return new_state, {f"train/{k}": v for k, v in metrics.items()}
+
+    return train_step
+
+
+def make_eval_step(
+    model: nn.Module, task: Task, *, axis_name: str | None = None
+) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
+    """`(state, batch) -> sums`: the task's masked statistics for one (padded) batch."""
+
+    def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
+        outputs, aux = model.apply(model_variables(state), task.inputs(batch), train=False)
+        sums = task.eval_sums(outputs, aux, batch)
+        return jax.lax.psum(sums, axis_name) if axis_name is not None else sums
+
+    return eval_step
