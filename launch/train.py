@@ -35,7 +35,8 @@ def main(argv: list[str]) -> int:
         _parse(argv)
         config = FLAGS.config
         config.lock()
-        logging.set_verbosity(logging.WARNING)
+        # Library chatter (TFDS probing, Orbax bookkeeping) would bury the one-line errors.
+        logging.set_verbosity(logging.ERROR)
         import jax  # noqa: PLC0415  (after flag parsing: nothing touches devices before this)
 
         if config.parallel.distributed:

@@ -20,8 +20,12 @@ def every(period: int | None, step: int) -> bool:
 
 
 def check_finite(metrics: Mapping[str, float], step: int) -> None:
-    """Raise DivergedError if the loss or the gradient norm is NaN or infinite."""
-    for key in ("train/loss", "train/grad_norm"):
+    """Raise DivergedError if the loss, gradient or parameter norm is NaN or infinite.
+
+    The parameter norm is that of the updated parameters, so a state that passed this check is
+    safe to checkpoint.
+    """
+    for key in ("train/loss", "train/grad_norm", "train/param_norm"):
         if key in metrics and not np.isfinite(metrics[key]):
             raise DivergedError(
                 f"training diverged at step {step}: {key}={metrics[key]}; the last good "

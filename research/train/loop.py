@@ -179,9 +179,9 @@ def _after_step(run, state, metrics, step, batches, ckpt, tracker) -> Any:
     log_now, ckpt_now = every(c.log_every_steps, step), every(c.checkpoint.every_steps, step)
     if log_now or ckpt_now or step == run.total_steps:
         host = {k: float(v) for k, v in run.par.to_host(metrics).items()}
-        check_finite(host, step)
         if log_now or step == run.total_steps:
             tracker.log(step, host)
+        check_finite(host, step)
     eval_metrics = None
     if every(c.eval_every_steps, step) and step < run.total_steps:
         eval_metrics = evaluate(run, state, "eval")[0]

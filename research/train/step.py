@@ -59,6 +59,7 @@ def make_train_step(
         metrics = {
             **metrics,
             "grad_norm": optax.global_norm(grads),
+            "param_norm": optax.global_norm(new_state.params),
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
         }
         return new_state, {f"train/{k}": v for k, v in metrics.items()}

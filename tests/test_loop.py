@@ -1,0 +1,185 @@
+"""The training loop end to end: workdir contents, resume after SIGTERM/SIGKILL, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from research import config as cfg
+from research.checkpoint import Checkpointer
+from research.errors import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_USER_ERROR
+from research.tracking import Tracker, read_metrics
+from research.train import loop
+from research.train.setup import build_run
+
+ROOT = Path(__file__).parents[1]
+SMOKE = ROOT / "configs" / "smoke.py"
+
+# Runs the CLI, but sends itself `signal` right after the metrics of `step` are logged: a
+# deterministic stand-in for a scheduler's SIGTERM or an OOM-killer's SIGKILL at that moment.
+KILLER = """
+import os, runpy, signal, sys
+from research.tracking import Tracker
+sig, at = getattr(signal, sys.argv[1]), int(sys.argv[2])
+log = Tracker.log
+def log_then_signal(self, step, metrics):
+    log(self, step, metrics)
+    if step == at and "train/loss" in metrics:
+        os.kill(os.getpid(), sig)
+Tracker.log = log_then_signal
+sys.argv = ["launch/train.py", *sys.argv[3:]]
+runpy.run_path("launch/train.py", run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _cli(workdir, data_dir, *overrides, signal_at=None):
+    args = [f"--config={SMOKE}", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}"]
+    args += [f"--config.{o}" for o in overrides]
+    if signal_at is None:
+        cmd = [sys.executable, "launch/train.py", *args]
+    else:
+        cmd = [sys.executable, "-c", KILLER, signal_at[0], str(signal_at[1]), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def _train_losses(workdir) -> dict[int, float]:
+    return {r["step"]: r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r}
+
+
+def _summary(workdir) -> dict:
+    return json.loads((Path(workdir) / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir) -> Path:
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = _cli(workdir, data_dir)
+    assert result.returncode == 0, result.stderr
+    return workdir
+
+
+def test_workdir_holds_the_contracted_files(uninterrupted):
+    for name in ("config.json", "manifest.json", "metrics.jsonl", "summary.json"):
+        assert (uninterrupted / name).is_file(), name
+    assert (uninterrupted / "plots" / "learning_curves.png").is_file()
+    assert (uninterrupted / "plots" / "confusion.png").is_file()
+    steps = sorted(
+        int(p.name) for p in (uninterrupted / "checkpoints").iterdir() if p.name.isdigit()
+    )
+    assert steps[-1] == 60 and len(steps) >= 2
+    summary = _summary(uninterrupted)
+    assert summary["step"] == 60
+    assert 0.5 < summary["test/accuracy"] <= 1.0
+    confusion = np.array(summary["test/confusion_matrix"])
+    assert confusion.sum() == 360  # every test example counted once, padding excluded
+    assert np.isclose(np.trace(confusion) / confusion.sum(), summary["test/accuracy"])
+    manifest = json.loads((uninterrupted / "manifest.json").read_text())
+    assert manifest["mesh_shape"] == {"data": 8} and manifest["seeds"] == {"seed": 0}
+    assert json.loads((uninterrupted / "config.json").read_text())["total_steps"] == 60
+    assert sorted(_train_losses(uninterrupted)) == list(range(1, 61))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,at", [("SIGTERM", 27), ("SIGKILL", 33)])
+def test_killed_and_resumed_equals_uninterrupted(tmp_path, data_dir, uninterrupted, sig, at):
+    first = _cli(tmp_path, data_dir, signal_at=(sig, at))
+    if sig == "SIGTERM":
+        assert first.returncode == EXIT_PREEMPTED, first.stderr
+        assert "rerun to resume" in first.stderr
+    else:
+        assert first.returncode == -signal.SIGKILL
+    assert not (tmp_path / "summary.json").exists()
+    second = _cli(tmp_path, data_dir)
+    assert second.returncode == 0, second.stderr
+    assert _train_losses(tmp_path) == _train_losses(uninterrupted)
+    resumed, reference = _summary(tmp_path), _summary(uninterrupted)
+    for key in ("test/accuracy", "test/loss", "eval/accuracy", "train/loss"):
+        assert resumed[key] == reference[key], key
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optimizer.learning_rat=0.1", "learning_rat"),
+        ("optimizer.learning_rate=fast", "learning_rate"),
+        ("model.name=resnet9000", "unknown model.name 'resnet9000'"),
+        ("data.name=mnist", "tfds build mnist"),
+        ("batch_size=12", "not divisible by the 8 devices"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, data_dir, override, message):
+    result = _cli(tmp_path / "run", data_dir, override)
+    assert result.returncode == EXIT_USER_ERROR, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_workdir_with_another_config_is_refused_untouched(tmp_path, data_dir, uninterrupted):
+    before = {p: p.read_bytes() for p in uninterrupted.rglob("*") if p.is_file()}
+    result = _cli(uninterrupted, data_dir, "optimizer.learning_rate=0.5")
+    assert result.returncode == EXIT_USER_ERROR
+    assert "optimizer.learning_rate: 0.01 -> 0.5" in result.stderr
+    after = {p: p.read_bytes() for p in uninterrupted.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_diverging_run_exits_3_and_keeps_a_good_checkpoint(tmp_path, data_dir):
+    overrides = {
+        "optimizer.name": "sgd",
+        "optimizer.learning_rate": 1e15,
+        "optimizer.schedule": "constant",
+        "checkpoint.every_steps": 1,
+    }
+    result = _cli(tmp_path, data_dir, *(f"{k}={v}" for k, v in overrides.items()))
+    assert result.returncode == EXIT_DIVERGED, result.stderr
+    assert "diverged at step" in result.stderr
+    rows = [r for r in read_metrics(tmp_path) if "train/loss" in r]
+    bad_step = rows[-1]["step"]
+    assert bad_step > 1
+    assert not all(np.isfinite(rows[-1][f"train/{k}"]) for k in ("loss", "grad_norm", "param_norm"))
+    config = cfg.load_config_file(SMOKE)
+    cfg.apply_overrides(config, {"data.data_dir": data_dir, **overrides})
+    run = build_run(config)
+    with Checkpointer(tmp_path / "checkpoints") as ckpt:
+        step = ckpt.latest_step()
+        assert step is not None and step < bad_step
+        state, _, _ = ckpt.restore(run.par.abstract_state(run.init_fn, jax.random.PRNGKey(0)))
+    assert int(state.step) == step
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_checkpoint_from_8_devices_resumes_on_1(tmp_path, data_dir, monkeypatch):
+    def run(workdir, **overrides):
+        config = cfg.load_config_file(SMOKE)
+        cfg.apply_overrides(config, {"data.data_dir": data_dir, **overrides})
+        return loop.train_and_evaluate(config, workdir)
+
+    log = Tracker.log
+
+    def log_then_sigterm(self, step, metrics):
+        log(self, step, metrics)
+        if step == 30 and "train/loss" in metrics:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as m:
+        m.setattr(Tracker, "log", log_then_sigterm)
+        assert run(tmp_path / "moved", **{"parallel.num_devices": 8}).status == loop.PREEMPTED
+    assert run(tmp_path / "moved", **{"parallel.num_devices": 1}).status == loop.COMPLETED
+    assert run(tmp_path / "single", **{"parallel.num_devices": 1}).status == loop.COMPLETED
+    moved, single = _train_losses(tmp_path / "moved"), _train_losses(tmp_path / "single")
+    assert sorted(moved) == sorted(single) == list(range(1, 61))
+    np.testing.assert_allclose(list(moved.values()), list(single.values()), rtol=1e-4)
+    manifest = json.loads((tmp_path / "moved" / "manifest.json").read_text())
+    assert manifest["mesh_shape"] == {"data": 1}
