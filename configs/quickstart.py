@@ -25,7 +25,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.eval_every_steps = 200
     c.model = ml_collections.ConfigDict(
-        {"name": "cnn", "dropout_rate": 0.25, "head_dropout_rate": 0.5}
+        {
+            "name": "cnn",
+            "stage_features": (32, 64),  # two stages of two 3x3 convs: the 4 conv layers
+            "blocks_per_stage": 2,
+            "dense_features": 256,
+            "dropout_rate": 0.25,  # after each pooling
+            "head_dropout_rate": 0.5,  # before the softmax head
+            "batch_norm": False,
+            "dtype": "float32",
+        }
     )
     c.data.name = "digits"
     c.optimizer.name = "adam"

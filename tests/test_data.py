@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
-from tensorflow_datasets.core import naming
+
+from mock_tfds import fake_prepared
 
 from research import data
 from research.data.builders.digits import split_indices
@@ -31,26 +32,6 @@ def digits_dir(tmp_path_factory) -> str:
 
 def _split_arrays(data_dir: str, split: str) -> dict[str, np.ndarray]:
     return dict(data.open_source("digits", split, data_dir, in_memory=True).arrays)
-
-
-def _fake_prepared(name: str, data_dir: str, splits: dict[str, int], file_format="array_record"):
-    """Write the metadata `tfds build` would for `name`, without records (mock_data serves them)."""
-    builder = tfds.builder(name, data_dir=data_dir, file_format=file_format)
-    template = naming.ShardedFileTemplate(
-        data_dir=builder.data_path, dataset_name=builder.name, filetype_suffix=file_format
-    )
-    infos = [
-        tfds.core.SplitInfo(
-            name=split,
-            shard_lengths=[n],
-            num_bytes=0,
-            filename_template=template.replace(split=split),
-        )
-        for split, n in splits.items()
-    ]
-    builder.info.set_splits(tfds.core.SplitDict(infos))
-    builder.data_path.mkdir(parents=True)
-    builder.info.write_to_directory(builder.data_path)
 
 
 # --- digits builder ---------------------------------------------------------------------------
@@ -139,7 +120,7 @@ def test_public_dataset_not_prepared(tmp_path):
 
 
 def test_public_dataset_in_tfrecord_format(tmp_path):
-    _fake_prepared("mnist", str(tmp_path), {"train": 3}, file_format="tfrecord")
+    fake_prepared("mnist", str(tmp_path), {"train": 3}, file_format="tfrecord")
     with pytest.raises(DataError, match="--file_format=array_record"):
         data.dataset_info("mnist", str(tmp_path))
 
@@ -157,7 +138,7 @@ def test_bad_split(digits_dir):
     [("mnist", (28, 28, 1)), ("fashion_mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))],
 )
 def test_public_dataset_flows_through_pipeline(tmp_path, name, shape):
-    _fake_prepared(name, str(tmp_path), {"train": 20, "test": 7})
+    fake_prepared(name, str(tmp_path), {"train": 20, "test": 7})
     policy = tfds.testing.MockPolicy.USE_FILES
     with tfds.testing.mock_data(num_examples=20, policy=policy, data_dir=str(tmp_path)):
         info = data.dataset_info(name, str(tmp_path))

@@ -10,6 +10,8 @@ matplotlib.use("Agg")  # headless: runs write PNGs, they never open windows
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+SPLIT_COLORS = {"train": "C0", "eval": "C1", "test": "C2"}  # the same colour in every panel
+
 
 def learning_curves(rows: Iterable[Mapping[str, float]], path: Path) -> Path:
     """One panel per metric name (loss, accuracy, ...), one line per split, against the step."""
@@ -22,14 +24,20 @@ def learning_curves(rows: Iterable[Mapping[str, float]], path: Path) -> Path:
             xs, ys = series[name].setdefault(split, ([], []))
             xs.append(row["step"])
             ys.append(value)
-    names = sorted(series)
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4 * max(1, len(names)), 3.2))
-    for ax, name in zip(np.atleast_1d(axes), names, strict=False):
+    first = ("loss", "accuracy")  # the curves people look at first go top-left
+    names = sorted(series, key=lambda n: (first.index(n) if n in first else len(first), n))
+    cols = min(4, max(1, len(names)))
+    nrows = -(-len(names) // cols) or 1
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
         for split, (xs, ys) in sorted(series[name].items()):
-            ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, label=split)
+            marker = "o" if len(xs) < 20 else None
+            ax.plot(xs, ys, marker=marker, label=split, color=SPLIT_COLORS.get(split))
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.legend()
+    for ax in axes.flat[len(names) :]:
+        ax.axis("off")
     return _save(fig, path)
 
 

@@ -56,23 +56,16 @@ class Run:
 def build_run(config: ml_collections.ConfigDict) -> Run:
     """Resolve the config against the dataset and build model, task, optimizer and steps."""
     info = data.dataset_info(config.data.name, config.data.data_dir)
-    train_split = config.data.train_split
-    if train_split not in info.splits:
-        raise ConfigError(
-            f"data.train_split '{train_split}' is not a split of {info.name}; "
-            f"available: {', '.join(info.splits)}"
-        )
-    config = cfg.resolve(config, num_train_examples=info.splits[train_split])
-    par = Parallel.create(config.parallel.mode, config.parallel.num_devices)
-    cfg.check_batch_divides(config, par.num_devices)
-    _check_init_from(config.init_from)
-
     sources = {
         prefix: data.open_source(
             info.name, config.data[key], config.data.data_dir, in_memory=config.data.in_memory
         )
         for prefix, key in SPLIT_KEYS.items()
     }
+    config = cfg.resolve(config, num_train_examples=len(sources["train"]))
+    par = Parallel.create(config.parallel.mode, config.parallel.num_devices)
+    cfg.check_batch_divides(config, par.num_devices)
+    _check_init_from(config.init_from)
     transform = data.make_transform()
     model = get_model(config.model, num_classes=info.num_classes, bn_axis_name=par.axis_name)
     task = get_task(config.task, num_classes=info.num_classes)
