@@ -3,7 +3,7 @@
 Command:
     python launch/train.py --config=configs/mlp_digits.py --workdir=runs/mlp_digits
 
-Expected result: test/accuracy about 0.97 in summary.json, ~15 s on a 2-core CPU.
+Expected result: test/accuracy 0.975 in summary.json (seed 0), ~10 s on a 2-core CPU.
 """
 
 import ml_collections
