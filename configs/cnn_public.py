@@ -1,4 +1,4 @@
-"""The baseline CNN on a public TFDS image dataset: `:mnist` (default), `:fashion_mnist`, `:cifar10`.
+"""The baseline CNN on a public TFDS image dataset (arg: mnist, fashion_mnist or cifar10).
 
 The dataset must be prepared in ArrayRecord format in the data dir (no download happens at run
 time). On a machine with network:

@@ -1,4 +1,4 @@
-"""Make a public TFDS dataset look prepared (metadata only) so `tfds.testing.mock_data` serves it."""
+"""Make a public TFDS dataset look prepared (metadata only) for `tfds.testing.mock_data`."""
 
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import naming

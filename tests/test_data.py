@@ -14,7 +14,6 @@ import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
 
 from mock_tfds import fake_prepared
-
 from research import data
 from research.data.builders.digits import split_indices
 from research.errors import DataError

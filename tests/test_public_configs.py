@@ -4,8 +4,8 @@ import json
 
 import pytest
 import tensorflow_datasets as tfds
-from mock_tfds import fake_prepared
 
+from mock_tfds import fake_prepared
 from research import config as cfg
 from research.train import loop
 
