@@ -12,7 +12,7 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
-from research.errors import EXIT_PREEMPTED, DivergedError, UserError
+from research.errors import EXIT_OK, EXIT_PREEMPTED, DivergedError, UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (`path.py[:arg]`).")
@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
             f"preempted: checkpoint saved at step {result.step}; rerun to resume", file=sys.stderr
         )
         return EXIT_PREEMPTED
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

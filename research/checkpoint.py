@@ -79,7 +79,9 @@ def _open_manager(
         read_only=read_only,
     )
     handlers = {
-        _STATE: ocp.StandardCheckpointHandler(),
+        # Reading another run (`init_from`) may take a subset of its state: only the PyTree
+        # handler restores partially. Both handlers read and write the same format.
+        _STATE: ocp.PyTreeCheckpointHandler() if read_only else ocp.StandardCheckpointHandler(),
         _DATA: ocp.JsonCheckpointHandler(),
         _META: ocp.JsonCheckpointHandler(),
     }
@@ -110,12 +112,20 @@ def _leaf_shapes(tree: PyTree) -> dict[str, tuple]:
 
 
 def _check_fits(
-    manager: ocp.CheckpointManager, step: int, abstract_state: PyTree, error: type[Exception]
+    manager: ocp.CheckpointManager,
+    step: int,
+    abstract_state: PyTree,
+    error: type[Exception],
+    partial: bool = False,
 ) -> None:
     """Raises `error` naming the parameters whose shapes differ between checkpoint and target,
-    or that exist on one side only (orbax's own message does not name them)."""
+    or that exist on one side only (orbax's own message does not name them). With `partial`,
+    only the checkpoint's entries under the target's top-level keys are compared."""
     have = _leaf_shapes(manager.item_metadata(step)[_STATE])
     want = _leaf_shapes(abstract_state)
+    if partial:
+        tops = {k.split("/")[0] for k in want} | set(abstract_state)
+        have = {k: v for k, v in have.items() if k.split("/")[0] in tops}
     problems = [
         f"{k}: checkpoint {have[k]} vs target {want[k]}"
         for k in sorted(have.keys() & want.keys())
@@ -308,9 +318,11 @@ def _best_step(manager: ocp.CheckpointManager, directory: str) -> int:
 def load_state(
     directory: str | os.PathLike, abstract_state: PyTree, step: int | str | None = None
 ) -> PyTree:
-    """Read-only restore of just the train state from another run's checkpoints (`init_from`).
+    """Read-only restore of the train state from another run's checkpoints (`init_from`).
 
-    `step` is None (latest), "best" (by the metric that run tracked) or a step number.
+    `step` is None (latest), "best" (by the metric that run tracked) or a step number. A dict
+    `abstract_state` restores only those top-level entries (e.g. `{"params": ...,
+    "batch_stats": ...}`), so the other run may have used another optimizer.
     """
     directory = os.path.abspath(os.fspath(directory))
     if not os.path.isdir(directory):
@@ -329,8 +341,20 @@ def load_state(
                 f"init_from step {step!r}: not a checkpoint in {directory}; "
                 f"use None, 'best' or one of {steps}"
             )
-        _check_fits(manager, int(step), abstract_state, ConfigError)
-        args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract_state)})
-        return manager.restore(int(step), args=args)[_STATE]
+        partial = isinstance(abstract_state, Mapping)
+        _check_fits(manager, int(step), abstract_state, ConfigError, partial=partial)
+        item = _pytree_restore(abstract_state, partial)
+        return manager.restore(int(step), args=ocp.args.Composite(**{_STATE: item}))[_STATE]
     finally:
         manager.close()
+
+
+def _pytree_restore(abstract_state: PyTree, partial: bool) -> ocp.args.PyTreeRestore:
+    """Restore onto the target's shapes, dtypes and shardings; `partial`: only its subtrees."""
+    restore_args = jax.tree.map(
+        lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape, dtype=s.dtype),
+        abstract_state,
+    )
+    return ocp.args.PyTreeRestore(
+        item=abstract_state, restore_args=restore_args, partial_restore=partial
+    )

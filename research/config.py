@@ -21,7 +21,6 @@ from ml_collections import config_dict
 from research.errors import ConfigError
 
 PARALLEL_MODES = ("jit", "pmap")
-WANDB_MODES = ("offline", "online", "disabled")
 # Keys that say how a run executes, not what it computes: a workdir may be resumed with other
 # values (e.g. a run preempted on 8 devices continues on 1).
 RUNTIME_KEYS = ("parallel", "tracking", "data.data_dir", "data.in_memory", "checkpoint.async_save")
@@ -173,7 +172,9 @@ def resolve(
         if epochs is not None and steps is not None:
             raise ConfigError(f"set only one of '{dotted}_steps' and '{dotted}_epochs'")
         if epochs is not None:
-            node[f"{base}_steps"] = max(1, math.ceil(epochs * steps_per_epoch))
+            if epochs < 0:
+                raise ConfigError(f"'{dotted}_epochs' must be >= 0, got {epochs}")
+            node[f"{base}_steps"] = math.ceil(epochs * steps_per_epoch)
     if resolved.total_steps is None:
         raise ConfigError("set 'total_steps' or 'total_epochs'")
     if resolved.eval_batch_size is None:
@@ -185,7 +186,6 @@ def resolve(
 def validate(config: ml_collections.ConfigDict) -> None:
     """Check values that the type system cannot: ranges and choices."""
     _check_choice(config, "parallel.mode", PARALLEL_MODES)
-    _check_choice(config, "tracking.wandb_mode", WANDB_MODES)
     _check_choice(config, "checkpoint.best_mode", ("min", "max"))
     for key in ("total_steps", "log_every_steps", "eval_batch_size", "checkpoint.keep"):
         if _get(config, key) <= 0:
@@ -194,6 +194,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value = _get(config, key)
         if value is not None and value < 0:
             raise ConfigError(f"'{key}' must be >= 0, got {value}")
+    _check_best_checkpoint(config)
+
+
+def _check_best_checkpoint(config: ml_collections.ConfigDict) -> None:
+    """Keeping the best checkpoint needs an eval at every checkpoint step."""
+    every, eval_every = config.checkpoint.every_steps, config.eval_every_steps
+    if config.checkpoint.best_metric and every and (not eval_every or every % eval_every):
+        raise ConfigError(
+            f"checkpoint.best_metric='{config.checkpoint.best_metric}' needs an eval at every "
+            f"checkpoint: make checkpoint.every_steps ({every}) a multiple of eval_every_steps "
+            f"({eval_every}), or set checkpoint.best_metric=''"
+        )
 
 
 def check_batch_divides(config: ml_collections.ConfigDict, num_devices: int) -> None:

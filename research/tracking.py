@@ -76,7 +76,7 @@ def _to_float(key: str, value: Any) -> float:
     return float(array.reshape(()))
 
 
-def _resolve_wandb_mode(wandb_mode: str) -> str:
+def resolve_wandb_mode(wandb_mode: str) -> str:
     """The W&B mode to use: `WANDB_MODE` in the environment wins, so a test suite or an air-gapped
     cluster can switch W&B off or offline without editing configs."""
     source, mode = "tracking.wandb_mode", wandb_mode
@@ -130,7 +130,7 @@ class Tracker:
         self.is_main = is_main
         self._file = None
         self._run = None
-        mode = _resolve_wandb_mode(wandb_mode)
+        mode = resolve_wandb_mode(wandb_mode)
         if not is_main:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)

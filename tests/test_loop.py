@@ -43,14 +43,15 @@ def data_dir(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("tfds"))
 
 
-def _cli(workdir, data_dir, *overrides, signal_at=None):
+def _cli(workdir, data_dir, *overrides, signal_at=None, env=None):
     args = [f"--config={SMOKE}", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}"]
     args += [f"--config.{o}" for o in overrides]
     if signal_at is None:
         cmd = [sys.executable, "launch/train.py", *args]
     else:
         cmd = [sys.executable, "-c", KILLER, signal_at[0], str(signal_at[1]), *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, **(env or {})}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
 
 def _train_losses(workdir) -> dict[int, float]:
@@ -73,7 +74,7 @@ def test_workdir_holds_the_contracted_files(uninterrupted):
     for name in ("config.json", "manifest.json", "metrics.jsonl", "summary.json"):
         assert (uninterrupted / name).is_file(), name
     assert (uninterrupted / "plots" / "learning_curves.png").is_file()
-    assert (uninterrupted / "plots" / "confusion.png").is_file()
+    assert (uninterrupted / "plots" / "test_confusion.png").is_file()
     steps = sorted(
         int(p.name) for p in (uninterrupted / "checkpoints").iterdir() if p.name.isdigit()
     )
@@ -119,11 +120,35 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, data_dir, uninterrupt
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, data_dir, override, message):
-    result = _cli(tmp_path / "run", data_dir, override)
+    _one_error_line(_cli(tmp_path / "run", data_dir, override), message)
+    assert not (tmp_path / "run").exists()
+
+
+def _one_error_line(result, message):
     assert result.returncode == EXIT_USER_ERROR, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_bad_init_from_and_wandb_mode_exit_2_before_writing(tmp_path, data_dir):
+    (tmp_path / "empty").mkdir()
+    result = _cli(tmp_path / "run", data_dir, f"init_from={tmp_path / 'empty'}")
+    _one_error_line(result, "no complete checkpoint")
+    result = _cli(tmp_path / "run", data_dir, env={"WANDB_MODE": "sometimes"})
+    _one_error_line(result, "WANDB_MODE='sometimes'")
     assert not (tmp_path / "run").exists()
+    (tmp_path / "afile").write_text("x")
+    _one_error_line(_cli(tmp_path / "afile", data_dir), "is not a directory")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_init_from_takes_params_even_with_another_optimizer(tmp_path, data_dir, uninterrupted):
+    frozen = ("optimizer.name=sgd", "optimizer.schedule=constant", "optimizer.learning_rate=0.0")
+    args = (f"init_from={uninterrupted}", "total_steps=2", "eval_every_steps=1", *frozen)
+    result = _cli(tmp_path, data_dir, *args, "checkpoint.every_steps=1")
+    assert result.returncode == 0, result.stderr
+    # With a zero learning rate the warm-started model is the source run's final model.
+    assert _summary(tmp_path)["test/loss"] == pytest.approx(_summary(uninterrupted)["test/loss"])
 
 
 def test_workdir_with_another_config_is_refused_untouched(tmp_path, data_dir, uninterrupted):
@@ -141,6 +166,7 @@ def test_diverging_run_exits_3_and_keeps_a_good_checkpoint(tmp_path, data_dir):
         "optimizer.learning_rate": 1e15,
         "optimizer.schedule": "constant",
         "checkpoint.every_steps": 1,
+        "checkpoint.best_metric": "",
     }
     result = _cli(tmp_path, data_dir, *(f"{k}={v}" for k, v in overrides.items()))
     assert result.returncode == EXIT_DIVERGED, result.stderr

@@ -4,11 +4,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: runs write PNGs, they never open windows
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
 
 SPLIT_COLORS = {"train": "C0", "eval": "C1", "test": "C2"}  # the same colour in every panel
 
@@ -28,7 +25,8 @@ def learning_curves(rows: Iterable[Mapping[str, float]], path: Path) -> Path:
     names = sorted(series, key=lambda n: (first.index(n) if n in first else len(first), n))
     cols = min(4, max(1, len(names)))
     nrows = -(-len(names) // cols) or 1
-    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
+    fig = Figure(figsize=(4 * cols, 3 * nrows))
+    axes = fig.subplots(nrows, cols, squeeze=False)
     for ax, name in zip(axes.flat, names, strict=False):
         for split, (xs, ys) in sorted(series[name].items()):
             marker = "o" if len(xs) < 20 else None
@@ -45,7 +43,8 @@ def confusion_matrix(matrix: np.ndarray, path: Path, class_names: Sequence[str] 
     """A heatmap of counts, rows = true class, columns = predicted class."""
     matrix = np.asarray(matrix)
     n = matrix.shape[0]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * n, 1 + 0.45 * n))
+    fig = Figure(figsize=(1.2 + 0.45 * n, 1 + 0.45 * n))
+    ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
     for (i, j), count in np.ndenumerate(matrix):
         if count:
@@ -59,9 +58,8 @@ def confusion_matrix(matrix: np.ndarray, path: Path, class_names: Sequence[str] 
     return _save(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -1,5 +1,7 @@
 """The task protocol: how the generic steps turn model outputs into a loss and metrics."""
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import jax
@@ -13,6 +15,9 @@ class Task(Protocol):
     give the same totals; `finalize` turns the totals into metrics.
     """
 
+    def transform(self) -> Callable[[dict], dict]:
+        """The per-record transform from a dataset record to what `inputs`/`loss` read."""
+
     def inputs(self, batch: dict[str, jax.Array]) -> Any:
         """What the model is called on."""
 
@@ -24,3 +29,9 @@ class Task(Protocol):
 
     def finalize(self, sums: dict[str, Any]) -> dict[str, float]:
         """Scalar metrics (no split prefix) from totals over a whole split."""
+
+    def summary(self, sums: dict[str, Any]) -> dict[str, Any]:
+        """Extra, non-scalar results for summary.json (no split prefix), e.g. a confusion matrix."""
+
+    def plots(self, sums: dict[str, Any], directory: Path, prefix: str) -> list[Path]:
+        """Figures of the final evaluation written into `directory`; returns their paths."""

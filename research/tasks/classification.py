@@ -1,12 +1,17 @@
 """Classification: softmax cross-entropy; accuracy, macro precision/recall/F1, confusion matrix."""
 
 import dataclasses
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from research import data
+from research.analysis import plots
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,6 +20,10 @@ class ClassificationTask:
 
     num_classes: int
     label_smoothing: float = 0.0
+
+    def transform(self) -> Callable[[dict], dict]:
+        """Images scaled to [0, 1] float32 and int32 labels."""
+        return data.make_transform()
 
     def inputs(self, batch: dict[str, jax.Array]) -> jax.Array:
         """The model input."""
@@ -49,16 +58,28 @@ class ClassificationTask:
         confusion = np.asarray(sums["confusion"], np.float64)
         count = float(sums["count"])
         true_pos = np.diag(confusion)
-        precision = _safe_ratio(true_pos, confusion.sum(axis=0))
-        recall = _safe_ratio(true_pos, confusion.sum(axis=1))
+        predicted, actual = confusion.sum(axis=0), confusion.sum(axis=1)
+        precision = _safe_ratio(true_pos, predicted)
+        recall = _safe_ratio(true_pos, actual)
         f1 = _safe_ratio(2 * precision * recall, precision + recall)
+        # Macro averages over the classes that occur in the labels or the predictions, as
+        # sklearn does: a class absent from a split must not drag the average down.
+        seen = (predicted + actual) > 0
         return {
             "loss": float(sums["loss"]) / count,
             "accuracy": float(true_pos.sum()) / count,
-            "precision": float(precision.mean()),
-            "recall": float(recall.mean()),
-            "f1": float(f1.mean()),
+            "precision": float(precision[seen].mean()),
+            "recall": float(recall[seen].mean()),
+            "f1": float(f1[seen].mean()),
         }
+
+    def summary(self, sums: dict[str, Any]) -> dict[str, Any]:
+        """The confusion matrix (rows: true class, columns: predicted) as integer lists."""
+        return {"confusion_matrix": np.asarray(sums["confusion"]).astype(int).tolist()}
+
+    def plots(self, sums: dict[str, Any], directory: Path, prefix: str) -> list[Path]:
+        """A heatmap of the confusion matrix."""
+        return [plots.confusion_matrix(sums["confusion"], directory / f"{prefix}_confusion.png")]
 
 
 def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:

@@ -14,7 +14,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import ml_collections
-import optax
 
 from research import config as cfg
 from research import data
@@ -35,12 +34,9 @@ class Run:
     """The resolved config and the objects built from it."""
 
     config: ml_collections.FrozenConfigDict
-    info: data.DatasetInfo
     par: Parallel
     model: nn.Module
     task: Task
-    tx: optax.GradientTransformation
-    schedule: optax.Schedule
     sources: dict[str, Any]
     transform: Callable[[dict], dict]
     init_fn: Callable[[jax.Array], Any]
@@ -66,9 +62,9 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
     par = Parallel.create(config.parallel.mode, config.parallel.num_devices)
     cfg.check_batch_divides(config, par.num_devices)
     _check_init_from(config.init_from)
-    transform = data.make_transform()
     model = get_model(config.model, num_classes=info.num_classes, bn_axis_name=par.axis_name)
     task = get_task(config.task, num_classes=info.num_classes)
+    transform = task.transform()
     tx, schedule = build_optimizer(config.optimizer, config.total_steps)
     sample = transform(sources["train"][0])
     init_fn = make_init_fn(model, tx, task.inputs({k: v[None] for k, v in sample.items()}))
@@ -76,12 +72,9 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
     eval_step = make_eval_step(model, task, axis_name=par.axis_name)
     return Run(
         config=config,
-        info=info,
         par=par,
         model=model,
         task=task,
-        tx=tx,
-        schedule=schedule,
         sources=sources,
         transform=transform,
         init_fn=init_fn,

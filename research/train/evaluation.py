@@ -1,0 +1,63 @@
+"""Evaluation passes over a split, and the run summary and figures made from them."""
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from research import data
+from research.analysis import plots
+from research.train.setup import Run
+
+
+def evaluate(run: Run, state: Any, prefix: str) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """One padded pass over the split reported as `prefix` (eval | test): metrics and raw sums.
+
+    The task's masked sums are added up on device and fetched once at the end.
+    """
+    sums = None
+    for batch in data.eval_batches(
+        run.sources[prefix],
+        global_batch_size=run.config.eval_batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        transform=run.transform,
+    ):
+        out = run.eval_step(state, run.par.put_batch(batch))
+        sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
+    sums = run.par.to_host(sums)
+    metrics = {f"{prefix}/{k}": v for k, v in run.task.finalize(sums).items()}
+    return metrics, sums
+
+
+def has_final_metrics(rows: list[dict], step: int) -> bool:
+    """Whether metrics.jsonl already holds the final test metrics (a rerun of a finished run)."""
+    return any(row["step"] == step and "test/loss" in row for row in rows)
+
+
+def summarize(
+    rows: list[dict],
+    step: int,
+    eval_metrics: dict[str, float],
+    test_metrics: dict[str, float],
+    best_metric: str,
+    best_mode: str,
+) -> dict[str, Any]:
+    """summary.json: last train metrics, final eval/test metrics, best eval value and its step."""
+    summary: dict[str, Any] = {"step": step}
+    for row in rows:
+        summary.update({k: v for k, v in row.items() if k.startswith("train/")})
+    summary.update(eval_metrics)
+    summary.update(test_metrics)
+    points = [(row[best_metric], row["step"]) for row in rows if best_metric and best_metric in row]
+    if points:
+        value, at = (max if best_mode == "max" else min)(points, key=lambda p: p[0])
+        summary.update({f"best/{best_metric}": value, "best/step": at})
+    return summary
+
+
+def plot(run: Run, rows: list[dict], test_sums: dict, directory: Path) -> list[Path]:
+    """Learning curves for every logged metric, plus the task's figures of the test pass."""
+    curves = plots.learning_curves(rows, directory / "learning_curves.png")
+    return [curves, *run.task.plots(test_sums, directory, "test")]

@@ -1,0 +1,52 @@
+"""The workdir contract: refuse a workdir holding another run, then write config and manifest.
+
+Checks come first and write nothing, so a refused start leaves the workdir as it was.
+"""
+
+import json
+from pathlib import Path
+
+from research import config as cfg
+from research.errors import WorkdirError
+from research.manifest import write_json
+
+
+def check_workdir(workdir: Path, config_json: str) -> None:
+    """Raise WorkdirError if `workdir` is not a directory or holds a run of another config."""
+    if workdir.exists() and not workdir.is_dir():
+        raise WorkdirError(f"--workdir {workdir} exists and is not a directory")
+    existing = workdir / "config.json"
+    if not existing.exists():
+        return
+    try:
+        old = cfg.identity(existing.read_text())
+    except json.JSONDecodeError:
+        raise WorkdirError(
+            f"{existing} is not valid JSON; delete the workdir to start over"
+        ) from None
+    diff = first_difference(old, cfg.identity(config_json))
+    if diff:
+        raise WorkdirError(
+            f"{workdir} holds a run with a different config ({diff}); "
+            "use another --workdir, or delete this one to start over"
+        )
+
+
+def write_run_files(workdir: Path, config_json: str, manifest: dict) -> None:
+    """Write config.json and manifest.json atomically (a kill never leaves half a file)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json(workdir / "config.json", json.loads(config_json))
+    write_json(workdir / "manifest.json", manifest)
+
+
+def first_difference(old: dict, new: dict, prefix: str = "") -> str:
+    """The first dotted key whose value differs, as `key: old -> new` ('' if identical)."""
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = first_difference(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key}: {a!r} -> {b!r}"
+    return ""
