@@ -209,3 +209,31 @@ def test_checkpoint_from_8_devices_resumes_on_1(tmp_path, data_dir, monkeypatch)
     np.testing.assert_allclose(list(moved.values()), list(single.values()), rtol=1e-4)
     manifest = json.loads((tmp_path / "moved" / "manifest.json").read_text())
     assert manifest["mesh_shape"] == {"data": 1}
+
+
+def test_steps_compile_once_also_after_restore(tmp_path, data_dir, monkeypatch):
+    runs = []
+
+    def build_and_keep(config):
+        runs.append(build_run(config))
+        return runs[-1]
+
+    log = Tracker.log
+
+    def log_then_sigterm(self, step, metrics):
+        log(self, step, metrics)
+        if step == 25 and "train/loss" in metrics:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop, "build_run", build_and_keep)
+    config = cfg.load_config_file(SMOKE)
+    cfg.apply_overrides(config, {"data.data_dir": data_dir})
+    with monkeypatch.context() as m:
+        m.setattr(Tracker, "log", log_then_sigterm)
+        assert loop.train_and_evaluate(config, tmp_path).status == loop.PREEMPTED
+    assert loop.train_and_evaluate(config, tmp_path).status == loop.COMPLETED
+    # Log, eval (padded last batch) and checkpoint steps, and a restored state, all reuse
+    # the first compilation: no Python scalars, shape or sharding changes leak into the steps.
+    for run in runs:
+        assert run.train_step._cache_size() == 1
+        assert run.eval_step._cache_size() == 1

@@ -15,6 +15,7 @@ import grain
 import numpy as np
 
 from research.data.sources import ArraySource
+from research.errors import DataError
 
 Record = dict[str, Any]
 Transform = Callable[[Record], Record]
@@ -107,7 +108,7 @@ def _process_chunk(global_batch_size: int, process_index: int, process_count: in
 def _checked_len(source: Sequence[Record]) -> int:
     """Return len(source), refusing an empty source (nothing to shuffle or evaluate)."""
     if not len(source):
-        raise ValueError("the data source is empty")
+        raise DataError("a data split is empty: check the data.*_split keys (and any slices)")
     return len(source)
 
 
