@@ -3,7 +3,8 @@
 Both drivers keep the same global view outside the step: the state is a tree of replicated
 global arrays (what checkpoints hold) and each process contributes its slice of every batch.
 `jit` runs the step on global arrays sharded with NamedSharding over the mesh's `data` axis;
-`pmap` runs it per local device with explicit `pmean`/`psum` over the axis `data`.
+`pmap` runs it per device with explicit `pmean`/`psum` over the axis `data`; each process feeds
+its local devices, and the axis (so every collective) spans all devices of all processes.
 """
 
 from __future__ import annotations
@@ -69,10 +70,23 @@ class Parallel:
 
     @property
     def _stacked(self) -> NamedSharding:
-        """pmap's layout: a leading axis of size local-device-count, one slice per device."""
-        return NamedSharding(
-            Mesh(np.asarray(self.local_devices), (DATA_AXIS,)), PartitionSpec(DATA_AXIS)
-        )
+        """pmap's layout: a leading axis of size local-device-count, one slice per device.
+
+        pmap takes and returns host-local arrays; this is the layout it expects for them (the
+        mesh's local part, in mesh order), so inputs are passed on without a copy.
+        """
+        return NamedSharding(self.mesh.local_mesh, PartitionSpec(DATA_AXIS))
+
+    @property
+    def _pmap_devices(self) -> list[jax.Device]:
+        """The devices pmap maps over: the whole mesh, identical on every process.
+
+        pmap's collectives (`pmean`/`psum` of gradients, BatchNorm statistics, eval sums) span
+        exactly these devices, so with several processes they must include every process's
+        devices or each host would average only its own shard and the hosts would diverge. Each
+        process still feeds and receives only its local devices' slices (its part of this list).
+        """
+        return list(self.mesh.devices.flat)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -135,14 +149,14 @@ class Parallel:
                 donate_argnums=(0,),
             )
         return jax.pmap(
-            step_fn, axis_name=DATA_AXIS, devices=self.local_devices, donate_argnums=(0,)
+            step_fn, axis_name=DATA_AXIS, devices=self._pmap_devices, donate_argnums=(0,)
         )
 
     def compile_eval_step(self, step_fn: Callable) -> Callable:
         """`(state, batch) -> sums`, compiled once."""
         if self.mode == "jit":
             return jax.jit(step_fn, out_shardings=self.replicated)
-        return jax.pmap(step_fn, axis_name=DATA_AXIS, devices=self.local_devices)
+        return jax.pmap(step_fn, axis_name=DATA_AXIS, devices=self._pmap_devices)
 
     def to_host(self, tree: Any) -> Any:
         """Fetch replicated step outputs (metrics, eval sums) as NumPy values."""

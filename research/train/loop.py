@@ -192,10 +192,12 @@ def _finish(run: Run, state, batches, workdir: Path, ckpt: Checkpointer, tracker
     test_metrics, test_sums = evaluation.evaluate(run, state, "test")
     if ckpt.latest_step() != step:
         _save(run, ckpt, state, batches, step, eval_metrics)
-    if not evaluation.has_final_metrics(read_metrics(workdir), step):  # not a rerun
-        tracker.log(step, {**eval_metrics, **test_metrics})
+    # Only process 0 writes metrics.jsonl, so only it reads the file back (other hosts may not
+    # share the filesystem, or may read it mid-write); their summary lacks the logged history.
+    if not (_is_main() and evaluation.has_final_metrics(read_metrics(workdir), step)):
+        tracker.log(step, {**eval_metrics, **test_metrics})  # once: a rerun logs nothing new
     ckpt.wait()
-    rows = read_metrics(workdir)
+    rows = read_metrics(workdir) if _is_main() else []
     c = run.config.checkpoint
     summary = evaluation.summarize(
         rows, step, eval_metrics, test_metrics, c.best_metric, c.best_mode
