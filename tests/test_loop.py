@@ -209,6 +209,7 @@ def test_checkpoint_from_8_devices_resumes_on_1(tmp_path, data_dir, monkeypatch)
     np.testing.assert_allclose(list(moved.values()), list(single.values()), rtol=1e-4)
     manifest = json.loads((tmp_path / "moved" / "manifest.json").read_text())
     assert manifest["mesh_shape"] == {"data": 1}
+    assert [h["parallel"]["devices"] for h in manifest["history"]] == [8]
 
 
 def test_steps_compile_once_also_after_restore(tmp_path, data_dir, monkeypatch):

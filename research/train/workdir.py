@@ -33,10 +33,24 @@ def check_workdir(workdir: Path, config_json: str) -> None:
 
 
 def write_run_files(workdir: Path, config_json: str, manifest: dict) -> None:
-    """Write config.json and manifest.json atomically (a kill never leaves half a file)."""
+    """Write config.json and manifest.json atomically (a kill never leaves half a file).
+
+    manifest.json describes this invocation; `history` keeps when, with which code and on
+    which devices every earlier invocation (a resume after preemption, say) ran.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / "config.json", json.loads(config_json))
+    manifest = {**manifest, "history": _history(workdir / "manifest.json")}
     write_json(workdir / "manifest.json", manifest)
+
+
+def _history(path: Path) -> list[dict]:
+    """The earlier invocations recorded in an existing manifest, oldest first."""
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    keys = ("timestamp_utc", "git", "argv", "parallel")
+    return [*old.get("history", []), {k: old.get(k) for k in keys}]
 
 
 def first_difference(old: dict, new: dict, prefix: str = "") -> str:
