@@ -19,6 +19,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from research.errors import ConfigError
+from research.optim import rules
 
 PARALLEL_MODES = ("jit", "pmap")
 # Keys that say how a run executes, not what it computes: a workdir may be resumed with other
@@ -43,6 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.task = ml_collections.ConfigDict({"name": "classification", "label_smoothing": 0.0})
     c.data = _data_defaults()
     c.optimizer = _optimizer_defaults()
+    c.regularization = ml_collections.ConfigDict({"l1": 0.0, "l2": 0.0})  # penalties in the loss
+    c.param_rules = rules.DEFAULT_RULES  # (regex, group, lr multiplier, decay), first match wins
+    c.unfreeze = _unfreeze_defaults()
     c.checkpoint = _checkpoint_defaults()
     c.parallel = ml_collections.ConfigDict(
         {
@@ -73,18 +77,44 @@ def _data_defaults() -> ml_collections.ConfigDict:
 def _optimizer_defaults() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         {
-            "name": "adam",  # sgd | momentum | nesterov | adam | adamw
+            # sgd | momentum | nesterov | adam | adamw | rmsprop | adagrad | adadelta
+            "name": "adam",
             "learning_rate": 1e-3,  # peak learning rate
-            "momentum": 0.9,
-            "b1": 0.9,
+            "momentum": 0.9,  # momentum, nesterov
+            "b1": 0.9,  # adam, adamw
             "b2": 0.999,
-            "eps": 1e-8,
-            "weight_decay": 0.0,  # decoupled, adamw only
-            "schedule": "warmup_cosine",  # constant | warmup_cosine
+            "eps": 1e-8,  # adam, adamw, rmsprop, adagrad, adadelta (Keras uses 1e-7)
+            "rms_decay": 0.9,  # rmsprop: decay of the squared-gradient average
+            "adadelta_rho": 0.95,
+            "initial_accumulator": 0.1,  # adagrad
+            "weight_decay": 0.0,  # decoupled (AdamW style), for any optimizer; see param_rules
+            # constant | step | exponential | cosine | warmup_cosine | linear | cyclic | plateau
+            "schedule": "warmup_cosine",
             "warmup_steps": config_dict.placeholder(int),
             "warmup_epochs": config_dict.placeholder(float),
-            "end_lr_factor": 0.0,  # final lr = end_lr_factor * learning_rate
+            "end_lr_factor": 0.0,  # cosine/linear: final lr; cyclic: lowest lr (x learning_rate)
+            "decay_rate": 0.1,  # step/exponential: factor per decay_every
+            "decay_every_steps": config_dict.placeholder(int),
+            "decay_every_epochs": config_dict.placeholder(float),
+            "hold_steps": config_dict.placeholder(int),  # step/exponential: constant first
+            "hold_epochs": config_dict.placeholder(float),
+            "cycle_steps": config_dict.placeholder(int),  # cyclic: half a triangle
+            "cycle_epochs": config_dict.placeholder(float),
             "grad_clip_norm": config_dict.placeholder(float),  # None -> no clipping
+            "grad_clip_value": config_dict.placeholder(float),
+            "accumulate_steps": 1,  # gradient accumulation: one update every k train steps
+            "layer_decay": config_dict.placeholder(float),  # layer-wise lr decay, e.g. 0.75
+        }
+    )
+
+
+def _unfreeze_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "groups": (),  # param_rules groups, in the order they start training
+            "at_steps": config_dict.placeholder(tuple),  # when each group starts training
+            "at_epochs": config_dict.placeholder(tuple),
+            "batch_norm": "frozen",  # BatchNorm statistics of frozen parts: frozen | update
         }
     )
 
@@ -172,9 +202,7 @@ def resolve(
         if epochs is not None and steps is not None:
             raise ConfigError(f"set only one of '{dotted}_steps' and '{dotted}_epochs'")
         if epochs is not None:
-            if epochs < 0:
-                raise ConfigError(f"'{dotted}_epochs' must be >= 0, got {epochs}")
-            node[f"{base}_steps"] = math.ceil(epochs * steps_per_epoch)
+            node[f"{base}_steps"] = _to_steps(epochs, steps_per_epoch, f"{dotted}_epochs")
     if resolved.total_steps is None:
         raise ConfigError("set 'total_steps' or 'total_epochs'")
     if resolved.eval_batch_size is None:
@@ -183,10 +211,20 @@ def resolve(
     return ml_collections.FrozenConfigDict(resolved)
 
 
+def _to_steps(epochs: Any, steps_per_epoch: float, key: str) -> Any:
+    """Epochs -> steps (rounded up); a tuple of epochs (a schedule) becomes a tuple of steps."""
+    if isinstance(epochs, tuple | list):
+        return tuple(_to_steps(e, steps_per_epoch, key) for e in epochs)
+    if epochs < 0:
+        raise ConfigError(f"'{key}' must be >= 0, got {epochs}")
+    return math.ceil(epochs * steps_per_epoch)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Check values that the type system cannot: ranges and choices."""
     _check_choice(config, "parallel.mode", PARALLEL_MODES)
     _check_choice(config, "checkpoint.best_mode", ("min", "max"))
+    _check_choice(config, "unfreeze.batch_norm", ("frozen", "update"))
     for key in ("total_steps", "log_every_steps", "eval_batch_size", "checkpoint.keep"):
         if _get(config, key) <= 0:
             raise ConfigError(f"'{key}' must be positive, got {_get(config, key)}")

@@ -143,7 +143,7 @@ def test_bad_init_from_and_wandb_mode_exit_2_before_writing(tmp_path, data_dir):
 
 
 def test_init_from_takes_params_even_with_another_optimizer(tmp_path, data_dir, uninterrupted):
-    frozen = ("optimizer.name=sgd", "optimizer.schedule=constant", "optimizer.learning_rate=0.0")
+    frozen = ("optimizer.name=sgd", "optimizer.learning_rate=0.0", "optimizer.warmup_steps=0")
     args = (f"init_from={uninterrupted}", "total_steps=2", "eval_every_steps=1", *frozen)
     result = _cli(tmp_path, data_dir, *args, "checkpoint.every_steps=1")
     assert result.returncode == 0, result.stderr
@@ -238,3 +238,46 @@ def test_steps_compile_once_also_after_restore(tmp_path, data_dir, monkeypatch):
     for run in runs:
         assert run.train_step._cache_size() == 1
         assert run.eval_step._cache_size() == 1
+
+
+def _in_process(workdir, data_dir, overrides, monkeypatch, sigterm_at=None):
+    config = cfg.load_config_file(SMOKE)
+    cfg.apply_overrides(config, {"data.data_dir": data_dir, **overrides})
+    if sigterm_at is None:
+        return loop.train_and_evaluate(config, workdir)
+    log = Tracker.log
+
+    def log_then_sigterm(self, step, metrics):
+        log(self, step, metrics)
+        if step == sigterm_at and "train/loss" in metrics:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as m:
+        m.setattr(Tracker, "log", log_then_sigterm)
+        return loop.train_and_evaluate(config, workdir)
+
+
+def test_unfreezing_resumes_exactly_across_the_boundary(tmp_path, data_dir, monkeypatch):
+    overrides = {
+        "param_rules": ((r"head/.*", "head", 1.0, True), (r".*", "body", 1.0, True)),
+        "unfreeze.groups": ("body",),
+        "unfreeze.at_steps": (30,),
+    }
+    whole = _in_process(tmp_path / "whole", data_dir, overrides, monkeypatch)
+    first = _in_process(tmp_path / "split", data_dir, overrides, monkeypatch, sigterm_at=24)
+    assert (whole.status, first.status) == (loop.COMPLETED, loop.PREEMPTED)
+    assert _in_process(tmp_path / "split", data_dir, overrides, monkeypatch).status == "completed"
+    assert _train_losses(tmp_path / "split") == _train_losses(tmp_path / "whole")
+    table = (tmp_path / "whole" / "param_rules.txt").read_text()
+    assert "layer1/kernel  64x16  body" in table and "head/kernel    16x10  head" in table
+    # Before step 30 only the head trains: at the step-20 checkpoint the body is as initialised.
+    config = cfg.load_config_file(SMOKE)
+    cfg.apply_overrides(config, {"data.data_dir": data_dir, **overrides})
+    run = build_run(config)
+    fresh = run.init_fn(jax.random.PRNGKey(0))
+    with Checkpointer(tmp_path / "whole" / "checkpoints") as ckpt:
+        at20, _, _ = ckpt.restore(run.par.abstract_state(run.init_fn, jax.random.PRNGKey(0)), 20)
+        at40, _, _ = ckpt.restore(run.par.abstract_state(run.init_fn, jax.random.PRNGKey(0)), 40)
+    np.testing.assert_array_equal(at20.params["layer1"]["kernel"], fresh.params["layer1"]["kernel"])
+    assert not np.array_equal(at40.params["layer1"]["kernel"], fresh.params["layer1"]["kernel"])
+    assert not np.array_equal(at20.params["head"]["kernel"], fresh.params["head"]["kernel"])

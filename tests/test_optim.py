@@ -36,10 +36,18 @@ def _opt(**overrides):
     return opt
 
 
+def _full_config(opt, total_steps=100):
+    """A whole config (what build_optimizer reads) around the optimizer section `opt`."""
+    config = base_config()
+    config.optimizer = opt
+    config.total_steps = total_steps
+    return config
+
+
 def _run(opt, grads=GRADS, params=PARAMS):
     """Apply `grads` in turn through the chain built from `opt`; the params after each step."""
-    tx, _ = build_optimizer(opt, total_steps=100)
     params = {k: jnp.asarray(v) for k, v in params.items()}
+    tx = build_optimizer(_full_config(opt), params).tx
     state = tx.init(params)
     history = []
     for g in grads:
@@ -128,7 +136,7 @@ def test_unknown_schedule_is_config_error():
 
 def test_unknown_optimizer_is_config_error():
     with pytest.raises(ConfigError, match="'lion9000'"):
-        build_optimizer(_opt(name="lion9000"), 100)
+        build_optimizer(_full_config(_opt(name="lion9000")), PARAMS)
 
 
 # --- optimizers -------------------------------------------------------------------------------

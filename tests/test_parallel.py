@@ -31,19 +31,23 @@ def _setup(mode: str, num_devices: int):
         num_classes=10,
         bn_axis_name=par.axis_name,
     )
-    opt = base_config().optimizer
-    opt.name, opt.learning_rate, opt.warmup_steps = "momentum", 0.1, 4
-    tx, schedule = build_optimizer(opt, STEPS)
+    config = base_config()
+    config.total_steps = STEPS
+    config.optimizer.name, config.optimizer.learning_rate = "momentum", 0.1
+    config.optimizer.warmup_steps = 4
+    sample = jnp.zeros((1, 8, 8, 1))
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), sample, train=False))
+    optimizer = build_optimizer(config, params["params"])
     task = ClassificationTask(num_classes=10)
-    init_fn = make_init_fn(model, tx, jnp.zeros((1, 8, 8, 1)))
+    init_fn = make_init_fn(model, optimizer.tx, sample)
     state = par.to_device(par.init_state(init_fn, jax.random.PRNGKey(0)))
-    return par, model, task, tx, schedule, state
+    return par, model, task, optimizer, state
 
 
 def _train(mode: str, num_devices: int):
-    par, model, task, tx, schedule, state = _setup(mode, num_devices)
+    par, model, task, optimizer, state = _setup(mode, num_devices)
     step_fn = chex.assert_max_traces(
-        make_train_step(model, task, tx, schedule, axis_name=par.axis_name), n=1
+        make_train_step(model, task, optimizer, axis_name=par.axis_name), n=1
     )
     train_step = par.compile_train_step(step_fn)
     images, labels = _data()

@@ -1,6 +1,6 @@
-"""Optimisation: config -> optax chain, schedules (and, later, per-parameter rules)."""
+"""Optimisation: config -> optax chain with per-parameter rules, layer decay and unfreezing."""
 
-from research.optim.build import build_optimizer
+from research.optim.build import Optimizer, build_optimizer
 from research.optim.schedules import build_schedule
 
-__all__ = ["build_optimizer", "build_schedule"]
+__all__ = ["Optimizer", "build_optimizer", "build_schedule"]

@@ -18,6 +18,7 @@ from research import config as cfg
 from research import data
 from research.checkpoint import Checkpointer, load_state
 from research.manifest import build_manifest
+from research.optim import rules
 from research.tracking import Progress, Tracker, read_metrics, resolve_wandb_mode
 from research.train import evaluation
 from research.train.hooks import Preemption, check_finite, every
@@ -47,7 +48,8 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> RunResult:
         ckpt, state, batches, start = _initial_state(run, workdir / "checkpoints", stack)
         manifest = _manifest(run)
         if _is_main():
-            write_run_files(workdir, config_json, manifest)
+            write_run_files(workdir, config_json, manifest, run.optimizer.table)
+            print(_describe_optimizer(run), flush=True)
         tracker = stack.enter_context(_make_tracker(run, workdir, config_json, manifest))
         tracker.truncate_after(start)
         with Preemption() as preemption:
@@ -207,6 +209,20 @@ def _finish(run: Run, state, batches, workdir: Path, ckpt: Checkpointer, tracker
     if run.config.tracking.plots and _is_main():
         tracker.log_images(evaluation.plot(run, rows, test_sums, workdir / "plots"))
     return summary
+
+
+def _describe_optimizer(run: Run) -> str:
+    """The per-parameter groups (the full table is in param_rules.txt) and BatchNorm policy."""
+    c = run.config
+    lines = [f"optimizer {c.optimizer.name}, schedule {c.optimizer.schedule}; parameter groups:"]
+    lines += ["  " + line for line in rules.group_summary(run.optimizer.table).splitlines()]
+    if c.unfreeze.groups:
+        starts = zip(c.unfreeze.groups, c.unfreeze.at_steps, strict=True)
+        plan = ", ".join(f"{g}@{s}" for g, s in starts)
+        lines.append(
+            f"  unfreeze {plan}; BatchNorm statistics of frozen parts: {c.unfreeze.batch_norm}"
+        )
+    return "\n".join(lines)
 
 
 def _is_main() -> bool:

@@ -19,7 +19,7 @@ from research import config as cfg
 from research import data
 from research.errors import ConfigError
 from research.models import get_model
-from research.optim import build_optimizer
+from research.optim import Optimizer, build_optimizer
 from research.parallel import Parallel
 from research.tasks import Task, get_task
 from research.train.state import make_init_fn
@@ -35,6 +35,7 @@ class Run:
 
     config: ml_collections.FrozenConfigDict
     par: Parallel
+    optimizer: Optimizer
     model: nn.Module
     task: Task
     sources: dict[str, Any]
@@ -65,14 +66,22 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
     model = get_model(config.model, num_classes=info.num_classes, bn_axis_name=par.axis_name)
     task = get_task(config.task, num_classes=info.num_classes)
     transform = task.transform()
-    tx, schedule = build_optimizer(config.optimizer, config.total_steps)
     sample = transform(sources["train"][0])
-    init_fn = make_init_fn(model, tx, task.inputs({k: v[None] for k, v in sample.items()}))
-    train_step = make_train_step(model, task, tx, schedule, axis_name=par.axis_name)
+    inputs = task.inputs({k: v[None] for k, v in sample.items()})
+    optimizer = build_optimizer(config, _abstract_params(model, inputs))
+    init_fn = make_init_fn(model, optimizer.tx, inputs)
+    train_step = make_train_step(
+        model,
+        task,
+        optimizer,
+        axis_name=par.axis_name,
+        freeze_frozen_batch_norm=config.unfreeze.batch_norm == "frozen",
+    )
     eval_step = make_eval_step(model, task, axis_name=par.axis_name)
     return Run(
         config=config,
         par=par,
+        optimizer=optimizer,
         model=model,
         task=task,
         sources=sources,
@@ -81,6 +90,12 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
         train_step=par.compile_train_step(train_step),
         eval_step=par.compile_eval_step(eval_step),
     )
+
+
+def _abstract_params(model: nn.Module, inputs: jax.Array) -> Any:
+    """The parameter tree's shapes, without allocating it (rules and masks need only paths)."""
+    rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}
+    return jax.eval_shape(lambda: model.init(rngs, inputs, train=False))["params"]
 
 
 def _check_init_from(path: str | None) -> None:

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from research.optim import Optimizer
+from research.optim.layer_decay import keep_frozen_statistics
 from research.tasks import Task
 from research.train.state import TrainState, model_variables
 
@@ -22,12 +24,18 @@ Batch = dict[str, jax.Array]
 def make_train_step(
     model: nn.Module,
     task: Task,
-    tx: optax.GradientTransformation,
-    schedule: optax.Schedule,
+    optimizer: Optimizer,
     *,
     axis_name: str | None = None,
+    freeze_frozen_batch_norm: bool = True,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """`(state, batch) -> (state, metrics)`; metrics are `train/*` scalars on device."""
+    """`(state, batch) -> (state, metrics)`; metrics are `train/*` scalars on device.
+
+    The objective is the task loss plus the optimizer's L1/L2 penalty (reported apart, as
+    `train/penalty`). With `freeze_frozen_batch_norm`, BatchNorm statistics of modules whose
+    parameters do not train at this step keep their values.
+    """
+    tx, regularizer = optimizer.tx, optimizer.regularizer
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = jax.random.fold_in(state.rng, state.step)
@@ -43,6 +51,9 @@ def make_train_step(
                 mutable=["batch_stats"],
             )
             loss, metrics = task.loss(outputs, aux, batch)
+            if regularizer is not None:
+                metrics = {**metrics, "penalty": regularizer(params)}
+                loss = loss + metrics["penalty"]
             return loss, (metrics, mutated)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -50,17 +61,21 @@ def make_train_step(
         if axis_name is not None:
             grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        batch_stats = mutated.get("batch_stats", state.batch_stats)
+        if freeze_frozen_batch_norm and state.batch_stats:
+            trainable = optimizer.trainable(state.step)
+            batch_stats = keep_frozen_statistics(state.batch_stats, batch_stats, trainable)
         new_state = state.replace(
             step=state.step + 1,
             params=optax.apply_updates(state.params, updates),
-            batch_stats=mutated.get("batch_stats", state.batch_stats),
+            batch_stats=batch_stats,
             opt_state=opt_state,
         )
         metrics = {
             **metrics,
             "grad_norm": optax.global_norm(grads),
             "param_norm": optax.global_norm(new_state.params),
-            "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+            "learning_rate": jnp.asarray(optimizer.schedule(state.step), jnp.float32),
         }
         return new_state, {f"train/{k}": v for k, v in metrics.items()}
 

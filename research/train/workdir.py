@@ -9,6 +9,7 @@ from pathlib import Path
 from research import config as cfg
 from research.errors import WorkdirError
 from research.manifest import write_json
+from research.optim import rules
 
 
 def check_workdir(workdir: Path, config_json: str) -> None:
@@ -32,8 +33,11 @@ def check_workdir(workdir: Path, config_json: str) -> None:
         )
 
 
-def write_run_files(workdir: Path, config_json: str, manifest: dict) -> None:
-    """Write config.json and manifest.json atomically (a kill never leaves half a file).
+def write_run_files(
+    workdir: Path, config_json: str, manifest: dict, param_table: list[dict]
+) -> None:
+    """Write config.json, manifest.json and param_rules.txt (the resolved per-parameter table)
+    atomically (a kill never leaves half a file).
 
     manifest.json describes this invocation; `history` keeps when, with which code and on
     which devices every earlier invocation (a resume after preemption, say) ran.
@@ -42,6 +46,13 @@ def write_run_files(workdir: Path, config_json: str, manifest: dict) -> None:
     write_json(workdir / "config.json", json.loads(config_json))
     manifest = {**manifest, "history": _history(workdir / "manifest.json")}
     write_json(workdir / "manifest.json", manifest)
+    _write_text(workdir / "param_rules.txt", rules.format_table(param_table) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _history(path: Path) -> list[dict]:
