@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = config_dict.placeholder(int)  # None -> only at the end
     c.eval_every_epochs = config_dict.placeholder(float)
     c.init_from = config_dict.placeholder(str)  # a workdir or checkpoints dir to warm-start from
+    c.diagnostics = True  # per-layer gradient norms, update ratios, dead ReLUs at log steps
 
     c.model = ml_collections.ConfigDict({"name": "mlp"})
     c.task = ml_collections.ConfigDict({"name": "classification", "label_smoothing": 0.0})

@@ -1,11 +1,14 @@
-"""Figures written into a run's `plots/`: learning curves and the confusion matrix."""
+"""Figures written into a run's `plots/`: learning curves, gradient norms, confusion matrix."""
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
+
+from research.optim import layer_decay
 
 SPLIT_COLORS = {"train": "C0", "eval": "C1", "test": "C2"}  # the same colour in every panel
 
@@ -18,6 +21,8 @@ def learning_curves(rows: Iterable[Mapping[str, float]], path: Path) -> Path:
             if key == "step" or "/" not in key:
                 continue
             split, name = key.split("/", 1)
+            if "/" in name:  # per-layer diagnostics (grad_norm/stage1/...) have their own plot
+                continue
             xs, ys = series[name].setdefault(split, ([], []))
             xs.append(row["step"])
             ys.append(value)
@@ -36,6 +41,37 @@ def learning_curves(rows: Iterable[Mapping[str, float]], path: Path) -> Path:
         ax.legend()
     for ax in axes.flat[len(names) :]:
         ax.axis("off")
+    return _save(fig, path)
+
+
+def gradient_norms(rows: Iterable[Mapping[str, float]], path: Path) -> Path | None:
+    """Gradient norm of every module over training, log scale, from the input (dark) to the head.
+
+    Vanishing gradients show as lines of the early layers sinking decades below the head;
+    exploding ones as lines shooting up. Returns None when no per-module norms were logged.
+    """
+    prefix = "train/grad_norm/"
+    series: dict[str, tuple[list, list]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key.startswith(prefix) and value > 0:
+                xs, ys = series.setdefault(key[len(prefix) :], ([], []))
+                xs.append(row["step"])
+                ys.append(value)
+    if not series:
+        return None
+    depth = layer_decay.depths(f"{module}/w" for module in series)
+    modules = sorted(series, key=lambda m: (depth[f"{m}/w"], m))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    colours = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.9, len(modules)))
+    for colour, module in zip(colours, modules, strict=True):
+        ax.plot(*series[module], color=colour, label=module)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("gradient norm")
+    ax.set_title("gradient norm per module")
+    ax.legend(fontsize=6, ncol=2 if len(series) > 8 else 1)
     return _save(fig, path)
 
 

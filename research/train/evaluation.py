@@ -59,5 +59,7 @@ def summarize(
 
 def plot(run: Run, rows: list[dict], test_sums: dict, directory: Path) -> list[Path]:
     """Learning curves for every logged metric, plus the task's figures of the test pass."""
-    curves = plots.learning_curves(rows, directory / "learning_curves.png")
-    return [curves, *run.task.plots(test_sums, directory, "test")]
+    figures = [plots.learning_curves(rows, directory / "learning_curves.png")]
+    figures.append(plots.gradient_norms(rows, directory / "gradient_norms.png"))
+    figures += run.task.plots(test_sums, directory, "test")
+    return [f for f in figures if f is not None]

@@ -76,6 +76,7 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
         optimizer,
         axis_name=par.axis_name,
         freeze_frozen_batch_norm=config.unfreeze.batch_norm == "frozen",
+        diagnostics=config.diagnostics,
     )
     eval_step = make_eval_step(model, task, axis_name=par.axis_name)
     return Run(

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from research.optim import Optimizer
+from research.optim.diagnostics import dead_units, gradient_diagnostics
 from research.optim.layer_decay import keep_frozen_statistics
 from research.tasks import Task
 from research.train.state import TrainState, model_variables
@@ -28,12 +29,14 @@ def make_train_step(
     *,
     axis_name: str | None = None,
     freeze_frozen_batch_norm: bool = True,
+    diagnostics: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """`(state, batch) -> (state, metrics)`; metrics are `train/*` scalars on device.
 
     The objective is the task loss plus the optimizer's L1/L2 penalty (reported apart, as
     `train/penalty`). With `freeze_frozen_batch_norm`, BatchNorm statistics of modules whose
-    parameters do not train at this step keep their values.
+    parameters do not train at this step keep their values. `diagnostics` adds per-module
+    gradient norms, per-group update ratios and dead-ReLU fractions (research.optim.diagnostics).
     """
     tx, regularizer = optimizer.tx, optimizer.regularizer
 
@@ -54,13 +57,19 @@ def make_train_step(
             if regularizer is not None:
                 metrics = {**metrics, "penalty": regularizer(params)}
                 loss = loss + metrics["penalty"]
-            return loss, (metrics, mutated)
+            return loss, (metrics, mutated, aux)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (_, (metrics, mutated)), grads = grad_fn(state.params)
+        (_, (metrics, mutated, aux)), grads = grad_fn(state.params)
         if axis_name is not None:
             grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        if diagnostics:
+            metrics = {
+                **metrics,
+                **gradient_diagnostics(grads, updates, state.params, optimizer.table),
+                **dead_units(aux, axis_name),
+            }
         batch_stats = mutated.get("batch_stats", state.batch_stats)
         if freeze_frozen_batch_norm and state.batch_stats:
             trainable = optimizer.trainable(state.step)
