@@ -48,6 +48,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.regularization = ml_collections.ConfigDict({"l1": 0.0, "l2": 0.0})  # penalties in the loss
     c.param_rules = rules.DEFAULT_RULES  # (regex, group, lr multiplier, decay), first match wins
     c.unfreeze = _unfreeze_defaults()
+    # Stop when checkpoint.best_metric has not improved by more than min_delta for `patience`
+    # evals; the best checkpoint becomes the final state (None: never stop early).
+    c.early_stopping = ml_collections.ConfigDict(
+        {"patience": config_dict.placeholder(int), "min_delta": 0.0}
+    )
     c.checkpoint = _checkpoint_defaults()
     c.parallel = ml_collections.ConfigDict(
         {
@@ -105,6 +110,12 @@ def _optimizer_defaults() -> ml_collections.ConfigDict:
             "grad_clip_value": config_dict.placeholder(float),
             "accumulate_steps": 1,  # gradient accumulation: one update every k train steps
             "layer_decay": config_dict.placeholder(float),  # layer-wise lr decay, e.g. 0.75
+            "ema_decay": config_dict.placeholder(float),  # e.g. 0.999: evaluate averaged params
+            # plateau: multiply the lr by plateau_factor after plateau_patience evals without
+            # an improvement of checkpoint.best_metric by more than plateau_min_delta
+            "plateau_factor": 0.5,
+            "plateau_patience": 3,
+            "plateau_min_delta": 0.0,
         }
     )
 
@@ -234,6 +245,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if value is not None and value < 0:
             raise ConfigError(f"'{key}' must be >= 0, got {value}")
     _check_best_checkpoint(config)
+    _check_monitoring(config)
+
+
+def _check_monitoring(config: ml_collections.ConfigDict) -> None:
+    """Early stopping and reduce-on-plateau watch checkpoint.best_metric at every eval."""
+    users = []
+    if config.early_stopping.patience is not None:
+        users.append("early_stopping.patience")
+    if config.optimizer.schedule == "plateau":
+        users.append("optimizer.schedule='plateau'")
+    if users and not (config.checkpoint.best_metric and config.eval_every_steps):
+        raise ConfigError(
+            f"{' and '.join(users)} need checkpoint.best_metric and eval_every_steps (or "
+            "eval_every_epochs) to watch a validation metric"
+        )
+    if config.early_stopping.patience is not None and not config.checkpoint.every_steps:
+        raise ConfigError(
+            "early_stopping needs checkpoint.every_steps (a multiple of eval_every_steps) to "
+            "restore the best checkpoint"
+        )
 
 
 def _check_best_checkpoint(config: ml_collections.ConfigDict) -> None:

@@ -124,6 +124,10 @@ class Parallel:
 
         return jax.tree.map(unreplicate, state)
 
+    def replicate(self, value: Any) -> Any:
+        """A host value (e.g. a scalar set between steps) in the layout the step takes for state."""
+        return self.to_device(jax.device_put(np.asarray(value), self.replicated))
+
     # -- batches -------------------------------------------------------------------------------
 
     def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 from collections.abc import Mapping
 from types import FrameType
+from typing import Any
 
 import jax
 import numpy as np
@@ -65,3 +67,66 @@ class Preemption:
             return False
         flags = multihost_utils.process_allgather(np.asarray(self._event.is_set()))
         return bool(np.any(flags))
+
+
+@dataclasses.dataclass
+class Monitor:
+    """Watches the validation metric at every eval: reduce-on-plateau and early stopping.
+
+    Its state is plain JSON, saved in each checkpoint's metadata, so a resumed run makes the same
+    decisions as an uninterrupted one.
+    """
+
+    metric: str
+    mode: str  # "max" | "min"
+    plateau: bool = False
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
+    plateau_min_delta: float = 0.0
+    patience: int | None = None  # early stopping; None: never
+    min_delta: float = 0.0
+    state: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        defaults = {"best": None, "since_best": 0, "plateau_best": None, "since_cut": 0}
+        self.state = {**defaults, "lr_scale": 1.0, "stopped": None, **self.state}
+
+    @property
+    def active(self) -> bool:
+        """Whether anything watches the metric."""
+        return self.plateau or self.patience is not None
+
+    @property
+    def lr_scale(self) -> float:
+        """The factor reduce-on-plateau applies to the learning rate now."""
+        return self.state["lr_scale"]
+
+    @property
+    def stopped(self) -> str | None:
+        """Why training stopped early, or None."""
+        return self.state["stopped"]
+
+    def _better(self, value: float, best: float | None, delta: float) -> bool:
+        if best is None:
+            return True
+        return value > best + delta if self.mode == "max" else value < best - delta
+
+    def observe(self, step: int, value: float) -> None:
+        """Record one eval of the metric; may cut the learning rate or decide to stop."""
+        s = self.state
+        if self._better(value, s["best"], self.min_delta):
+            s["best"], s["since_best"] = value, 0
+        else:
+            s["since_best"] += 1
+        if self.plateau:
+            if self._better(value, s["plateau_best"], self.plateau_min_delta):
+                s["plateau_best"], s["since_cut"] = value, 0
+            else:
+                s["since_cut"] += 1
+                if s["since_cut"] >= self.plateau_patience:
+                    s["lr_scale"], s["since_cut"] = s["lr_scale"] * self.plateau_factor, 0
+        if self.patience is not None and s["since_best"] >= self.patience:
+            s["stopped"] = (
+                f"{self.metric} did not improve by more than {self.min_delta:g} for "
+                f"{self.patience} evals (stopped at step {step})"
+            )

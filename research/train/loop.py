@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from research import config as cfg
 from research import data
@@ -21,7 +22,7 @@ from research.manifest import build_manifest
 from research.optim import rules
 from research.tracking import Progress, Tracker, read_metrics, resolve_wandb_mode
 from research.train import evaluation
-from research.train.hooks import Preemption, check_finite, every
+from research.train.hooks import Monitor, Preemption, check_finite, every
 from research.train.setup import Run, build_run
 from research.train.workdir import check_workdir, write_run_files
 
@@ -37,6 +38,18 @@ class RunResult:
     summary: dict[str, Any]
 
 
+@dataclasses.dataclass
+class _Context:
+    """What one call of the loop works with, besides the state itself."""
+
+    run: Run
+    workdir: Path
+    ckpt: Checkpointer
+    tracker: Tracker
+    batches: Any  # the training iterator (its position is checkpointed)
+    monitor: Monitor
+
+
 def train_and_evaluate(config: Any, workdir: str | Path) -> RunResult:
     """Train `config` into `workdir`, resuming from the workdir's latest checkpoint if any."""
     workdir = Path(workdir)
@@ -45,26 +58,29 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> RunResult:
     check_workdir(workdir, config_json)
     resolve_wandb_mode(run.config.tracking.wandb_mode)  # a bad mode fails before any write
     with contextlib.ExitStack() as stack:
-        ckpt, state, batches, start = _initial_state(run, workdir / "checkpoints", stack)
+        ckpt, state, batches, start, monitor = _initial_state(run, workdir / "checkpoints", stack)
         manifest = _manifest(run)
         if _is_main():
             write_run_files(workdir, config_json, manifest, run.optimizer.table)
             print(_describe_optimizer(run), flush=True)
         tracker = stack.enter_context(_make_tracker(run, workdir, config_json, manifest))
         tracker.truncate_after(start)
+        ctx = _Context(run, workdir, ckpt, tracker, batches, monitor)
         with Preemption() as preemption:
-            state = _train(run, state, batches, start, ckpt, tracker, preemption)
+            state = _train(ctx, state, start, preemption)
         if state is None:
             ckpt.wait()
             return RunResult(PREEMPTED, ckpt.latest_step() or 0, {})
-        summary = _finish(run, state, batches, workdir, ckpt, tracker)
-        return RunResult(COMPLETED, run.total_steps, summary)
+        if monitor.stopped and start < run.total_steps:  # just stopped early: take the best
+            state = _restore_best(ctx)
+        return RunResult(COMPLETED, run.total_steps, _finish(ctx, state))
 
 
 def _initial_state(
     run: Run, directory: Path, stack: contextlib.ExitStack
-) -> tuple[Checkpointer, Any, Any, int]:
-    """(checkpointer, device state, train batches, first step): resumed, warm-started or fresh.
+) -> tuple[Checkpointer, Any, Any, int, Monitor]:
+    """(checkpointer, device state, train batches, first step, monitor): resumed, warm-started
+    or fresh.
 
     A fresh state (and `init_from`) is built before the checkpoint directory is created, so a
     bad `init_from` fails with nothing written.
@@ -76,11 +92,12 @@ def _initial_state(
     latest = ckpt.latest_step()
     if latest is None:
         state = fresh if fresh is not None else _fresh_state(run, rng)
-        return ckpt, run.par.to_device(state), batches, 0
-    state, data_state, _ = ckpt.restore(run.par.abstract_state(run.init_fn, rng), latest)
+        return ckpt, run.par.to_device(state), batches, 0, _make_monitor(run, {})
+    state, data_state, meta = ckpt.restore(run.par.abstract_state(run.init_fn, rng), latest)
     if data_state:  # every save records it; without it the data would restart from batch 0
         batches.set_state(data_state)
-    return ckpt, run.par.to_device(state), batches, latest
+    monitor = _make_monitor(run, meta.get("monitor", {}))
+    return ckpt, run.par.to_device(state), batches, latest, monitor
 
 
 def _fresh_state(run: Run, rng: jax.Array) -> Any:
@@ -92,7 +109,23 @@ def _fresh_state(run: Run, rng: jax.Array) -> Any:
     directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     abstract = run.par.abstract_state(run.init_fn, rng)
     source = load_state(directory, {"params": abstract.params, "batch_stats": abstract.batch_stats})
-    return state.replace(params=source["params"], batch_stats=source["batch_stats"])
+    extras = {**state.extras, "ema": source["params"]} if "ema" in state.extras else state.extras
+    return state.replace(params=source["params"], batch_stats=source["batch_stats"], extras=extras)
+
+
+def _make_monitor(run: Run, state: dict) -> Monitor:
+    c = run.config
+    return Monitor(
+        metric=c.checkpoint.best_metric,
+        mode=c.checkpoint.best_mode,
+        plateau=c.optimizer.schedule == "plateau",
+        plateau_factor=c.optimizer.plateau_factor,
+        plateau_patience=c.optimizer.plateau_patience,
+        plateau_min_delta=c.optimizer.plateau_min_delta,
+        patience=c.early_stopping.patience,
+        min_delta=c.early_stopping.min_delta,
+        state=dict(state),
+    )
 
 
 def _make_checkpointer(run: Run, directory: Path) -> Checkpointer:
@@ -138,76 +171,114 @@ def _train_batches(run: Run):
     )
 
 
-def _train(run, state, batches, start, ckpt, tracker, preemption) -> Any | None:
-    """Run steps `start+1 .. total`; returns the final device state, or None if preempted."""
-    c = run.config
+def _train(ctx: _Context, state: Any, start: int, preemption: Preemption) -> Any | None:
+    """Run steps `start+1 .. total` (or until early stopping); the final device state, or None
+    if preempted (after saving)."""
+    run, c = ctx.run, ctx.run.config
     enabled = c.tracking.progress and _is_main()
     metrics = None
     with contextlib.closing(Progress(run.total_steps, start, c.batch_size, enabled=enabled)) as bar:
         for step in range(start + 1, run.total_steps + 1):
+            if ctx.monitor.stopped:
+                break
             if preemption.should_stop(step - 1):
-                _save_on_preemption(run, ckpt, state, batches, step - 1, metrics)
+                _save_on_preemption(ctx, state, step - 1, metrics)
                 return None
-            state, metrics = run.train_step(state, run.par.put_batch(next(batches)))
-            _after_step(run, state, metrics, step, batches, ckpt, tracker)
+            state, metrics = run.train_step(state, run.par.put_batch(next(ctx.batches)))
+            state = _after_step(ctx, state, metrics, step)
             bar.update(step)
     return state
 
 
-def _after_step(run, state, metrics, step, batches, ckpt, tracker) -> None:
-    """Log, evaluate and checkpoint on their cadences; metrics reach the host only here."""
-    c = run.config
+def _after_step(ctx: _Context, state: Any, metrics: dict, step: int) -> Any:
+    """Log, evaluate, watch and checkpoint on their cadences; metrics reach the host only here."""
+    run, c = ctx.run, ctx.run.config
     log_now, ckpt_now = every(c.log_every_steps, step), every(c.checkpoint.every_steps, step)
     if log_now or ckpt_now or step == run.total_steps:
         host = _fetch(run, metrics)
         if log_now or step == run.total_steps:
-            tracker.log(step, host)
+            ctx.tracker.log(step, host)
         check_finite(host, step)  # before any save: a checkpoint never holds a diverged state
     eval_metrics = None
     if every(c.eval_every_steps, step) and step < run.total_steps:
         eval_metrics = evaluation.evaluate(run, state, "eval")[0]
-        tracker.log(step, eval_metrics)
+        state = _watch(ctx, state, step, eval_metrics)
+        ctx.tracker.log(step, eval_metrics)
     if ckpt_now and step < run.total_steps:
-        _save(run, ckpt, state, batches, step, eval_metrics)
+        _save(ctx, state, step, eval_metrics)
+    return state
 
 
-def _save_on_preemption(run, ckpt, state, batches, step, metrics) -> None:
+def _watch(ctx: _Context, state: Any, step: int, eval_metrics: dict[str, float]) -> Any:
+    """Feed the monitor; apply a reduced learning-rate scale to the state if it changed."""
+    monitor = ctx.monitor
+    if not monitor.active:
+        return state
+    before = monitor.lr_scale
+    monitor.observe(step, eval_metrics[monitor.metric])
+    if monitor.plateau:
+        eval_metrics["eval/lr_scale"] = monitor.lr_scale
+    if monitor.lr_scale == before:
+        return state
+    scale = ctx.run.par.replicate(np.float32(monitor.lr_scale))
+    return state.replace(extras={**state.extras, "lr_scale": scale})
+
+
+def _save_on_preemption(ctx: _Context, state: Any, step: int, metrics: dict | None) -> None:
     """SIGTERM: save the state after `step` (if finite and not saved already)."""
     if metrics is not None:
-        check_finite(_fetch(run, metrics), step)
-    if ckpt.latest_step() != step:
-        _save(run, ckpt, state, batches, step, None)
+        check_finite(_fetch(ctx.run, metrics), step)
+    if ctx.ckpt.latest_step() != step:
+        _save(ctx, state, step, None)
 
 
 def _fetch(run: Run, metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in run.par.to_host(metrics).items()}
 
 
-def _save(run, ckpt, state, batches, step, metrics) -> None:
-    ckpt.save(step, run.par.from_device(state), data_state=batches.get_state(), metrics=metrics)
+def _save(ctx: _Context, state: Any, step: int, metrics: dict | None) -> None:
+    ctx.ckpt.save(
+        step,
+        ctx.run.par.from_device(state),
+        data_state=ctx.batches.get_state(),
+        metrics=metrics,
+        metadata={"monitor": ctx.monitor.state},
+    )
 
 
-def _finish(run: Run, state, batches, workdir: Path, ckpt: Checkpointer, tracker: Tracker) -> dict:
+def _restore_best(ctx: _Context) -> Any:
+    """After early stopping: the best checkpoint's state becomes the final state."""
+    ctx.ckpt.wait()
+    best = ctx.ckpt.best_step()
+    abstract = ctx.run.par.abstract_state(ctx.run.init_fn, jax.random.PRNGKey(0))
+    state, _, _ = ctx.ckpt.restore(abstract, best)
+    return ctx.run.par.to_device(state)
+
+
+def _finish(ctx: _Context, state: Any) -> dict:
     """Final eval and test passes, the last checkpoint, summary.json and plots."""
-    step = run.total_steps
+    run, step = ctx.run, ctx.run.total_steps
     eval_metrics, _ = evaluation.evaluate(run, state, "eval")
     test_metrics, test_sums = evaluation.evaluate(run, state, "test")
-    if ckpt.latest_step() != step:
-        _save(run, ckpt, state, batches, step, eval_metrics)
+    if ctx.ckpt.latest_step() != step:
+        _save(ctx, state, step, eval_metrics)
     # Only process 0 writes metrics.jsonl, so only it reads the file back (other hosts may not
     # share the filesystem, or may read it mid-write); their summary lacks the logged history.
-    if not (_is_main() and evaluation.has_final_metrics(read_metrics(workdir), step)):
-        tracker.log(step, {**eval_metrics, **test_metrics})  # once: a rerun logs nothing new
-    ckpt.wait()
-    rows = read_metrics(workdir) if _is_main() else []
+    if not (_is_main() and evaluation.has_final_metrics(read_metrics(ctx.workdir), step)):
+        ctx.tracker.log(step, {**eval_metrics, **test_metrics})  # once: a rerun logs nothing new
+    ctx.ckpt.wait()
+    rows = read_metrics(ctx.workdir) if _is_main() else []
     c = run.config.checkpoint
     summary = evaluation.summarize(
         rows, step, eval_metrics, test_metrics, c.best_metric, c.best_mode
     )
     summary.update({f"test/{k}": v for k, v in run.task.summary(test_sums).items()})
-    tracker.write_summary(summary)
+    if ctx.monitor.stopped:
+        summary["early_stopping/reason"] = ctx.monitor.stopped
+        summary["early_stopping/final_step"] = int(run.par.to_host(state.step))
+    ctx.tracker.write_summary(summary)
     if run.config.tracking.plots and _is_main():
-        tracker.log_images(evaluation.plot(run, rows, test_sums, workdir / "plots"))
+        ctx.tracker.log_images(evaluation.plot(run, rows, test_sums, ctx.workdir / "plots"))
     return summary
 
 

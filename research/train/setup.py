@@ -69,7 +69,9 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
     sample = transform(sources["train"][0])
     inputs = task.inputs({k: v[None] for k, v in sample.items()})
     optimizer = build_optimizer(config, _abstract_params(model, inputs))
-    init_fn = make_init_fn(model, optimizer.tx, inputs)
+    ema_decay = config.optimizer.ema_decay
+    plateau = config.optimizer.schedule == "plateau"
+    init_fn = make_init_fn(model, optimizer.tx, inputs, ema=ema_decay is not None, lr_scale=plateau)
     train_step = make_train_step(
         model,
         task,
@@ -77,6 +79,7 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
         axis_name=par.axis_name,
         freeze_frozen_batch_norm=config.unfreeze.batch_norm == "frozen",
         diagnostics=config.diagnostics,
+        ema_decay=ema_decay,
     )
     eval_step = make_eval_step(model, task, axis_name=par.axis_name)
     return Run(

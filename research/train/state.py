@@ -23,9 +23,18 @@ class TrainState:
 
 
 def make_init_fn(
-    model: nn.Module, tx: optax.GradientTransformation, sample_input: jax.Array
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    sample_input: jax.Array,
+    *,
+    ema: bool = False,
+    lr_scale: bool = False,
 ) -> Callable[[jax.Array], TrainState]:
-    """A pure `rng -> TrainState` for `jax.eval_shape` (shapes first) and a sharded `jax.jit`."""
+    """A pure `rng -> TrainState` for `jax.eval_shape` (shapes first) and a sharded `jax.jit`.
+
+    `ema` keeps an exponential moving average of the parameters in `extras["ema"]`; `lr_scale`
+    keeps the factor that reduce-on-plateau applies to every update in `extras["lr_scale"]`.
+    """
 
     def init(rng: jax.Array) -> TrainState:
         params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
@@ -39,7 +48,7 @@ def make_init_fn(
             batch_stats=variables.get("batch_stats", {}),
             opt_state=tx.init(params),
             rng=state_rng,
-            extras={},
+            extras=_extras(params, ema, lr_scale),
         )
 
     return init
@@ -51,3 +60,17 @@ def model_variables(state: TrainState, params: Any | None = None) -> dict:
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
     return variables
+
+
+def _extras(params: Any, ema: bool, lr_scale: bool) -> dict:
+    extras = {}
+    if ema:
+        extras["ema"] = jax.tree.map(jnp.copy, params)
+    if lr_scale:
+        extras["lr_scale"] = jnp.ones((), jnp.float32)
+    return extras
+
+
+def eval_params(state: TrainState) -> Any:
+    """The parameters evaluation uses: the moving average when one is kept."""
+    return state.extras.get("ema", state.params)

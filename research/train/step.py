@@ -17,7 +17,7 @@ from research.optim import Optimizer
 from research.optim.diagnostics import dead_units, gradient_diagnostics
 from research.optim.layer_decay import keep_frozen_statistics
 from research.tasks import Task
-from research.train.state import TrainState, model_variables
+from research.train.state import TrainState, eval_params, model_variables
 
 Batch = dict[str, jax.Array]
 
@@ -30,6 +30,7 @@ def make_train_step(
     axis_name: str | None = None,
     freeze_frozen_batch_norm: bool = True,
     diagnostics: bool = False,
+    ema_decay: float | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """`(state, batch) -> (state, metrics)`; metrics are `train/*` scalars on device.
 
@@ -37,6 +38,8 @@ def make_train_step(
     `train/penalty`). With `freeze_frozen_batch_norm`, BatchNorm statistics of modules whose
     parameters do not train at this step keep their values. `diagnostics` adds per-module
     gradient norms, per-group update ratios and dead-ReLU fractions (research.optim.diagnostics).
+    `ema_decay` updates the parameter average in `extras["ema"]`; an `extras["lr_scale"]`
+    (reduce-on-plateau) multiplies every update.
     """
     tx, regularizer = optimizer.tx, optimizer.regularizer
 
@@ -64,6 +67,8 @@ def make_train_step(
         if axis_name is not None:
             grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        if "lr_scale" in state.extras:
+            updates = jax.tree.map(lambda u: u * state.extras["lr_scale"], updates)
         if diagnostics:
             metrics = {
                 **metrics,
@@ -74,21 +79,36 @@ def make_train_step(
         if freeze_frozen_batch_norm and state.batch_stats:
             trainable = optimizer.trainable(state.step)
             batch_stats = keep_frozen_statistics(state.batch_stats, batch_stats, trainable)
+        params = optax.apply_updates(state.params, updates)
         new_state = state.replace(
             step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
+            params=params,
             batch_stats=batch_stats,
             opt_state=opt_state,
+            extras=_updated_ema(state.extras, params, ema_decay),
         )
         metrics = {
             **metrics,
             "grad_norm": optax.global_norm(grads),
             "param_norm": optax.global_norm(new_state.params),
-            "learning_rate": jnp.asarray(optimizer.schedule(state.step), jnp.float32),
+            "learning_rate": _learning_rate(optimizer, state),
         }
         return new_state, {f"train/{k}": v for k, v in metrics.items()}
 
     return train_step
+
+
+def _learning_rate(optimizer: Optimizer, state: TrainState) -> jax.Array:
+    """The base learning rate of this step, times the reduce-on-plateau scale if any."""
+    lr = jnp.asarray(optimizer.schedule(state.step), jnp.float32)
+    return lr * state.extras["lr_scale"] if "lr_scale" in state.extras else lr
+
+
+def _updated_ema(extras: dict, params: Any, decay: float | None) -> dict:
+    if decay is None:
+        return extras
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, extras["ema"], params)
+    return {**extras, "ema": ema}
 
 
 def make_eval_step(
@@ -97,7 +117,8 @@ def make_eval_step(
     """`(state, batch) -> sums`: the task's masked statistics for one (padded) batch."""
 
     def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
-        outputs, aux = model.apply(model_variables(state), task.inputs(batch), train=False)
+        variables = model_variables(state, eval_params(state))
+        outputs, aux = model.apply(variables, task.inputs(batch), train=False)
         sums = task.eval_sums(outputs, aux, batch)
         return jax.lax.psum(sums, axis_name) if axis_name is not None else sums
 

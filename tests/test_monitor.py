@@ -1,0 +1,105 @@
+"""Reduce-on-plateau, early stopping and parameter EMA: decisions, resume, final state."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_loop import _in_process, _train_losses
+
+from research.config import base_config
+from research.models import get_model
+from research.optim import build_optimizer
+from research.tasks import ClassificationTask
+from research.tracking import read_metrics
+from research.train import loop
+from research.train.hooks import Monitor
+from research.train.state import make_init_fn
+from research.train.step import make_train_step
+
+
+def test_plateau_cuts_after_patience_evals_without_improvement():
+    m = Monitor("eval/loss", "min", plateau=True, plateau_factor=0.5, plateau_patience=2)
+    for value in (1.0, 0.9, 0.95, 0.92, 0.91, 0.5, 0.6, 0.7):
+        m.observe(0, value)
+    # 0.95 and 0.92 do not beat 0.9: cut to 0.5; 0.91 again no, 0.5 improves, 0.6, 0.7: cut.
+    assert m.lr_scale == 0.25 and m.stopped is None
+
+
+def test_early_stopping_with_min_delta():
+    m = Monitor("eval/accuracy", "max", patience=2, min_delta=0.01)
+    m.observe(5, 0.80)
+    m.observe(10, 0.805)  # not better by more than 0.01
+    assert m.stopped is None
+    m.observe(15, 0.809)
+    assert "did not improve by more than 0.01 for 2 evals (stopped at step 15)" in m.stopped
+    resumed = Monitor("eval/accuracy", "max", patience=2, min_delta=0.01, state=m.state)
+    assert resumed.stopped == m.stopped and resumed.state["best"] == 0.80
+
+
+def test_ema_follows_the_parameters():
+    model = get_model({"name": "mlp_tiny"}, num_classes=10)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (8, 8, 8, 1))
+    c = base_config()
+    c.total_steps, c.optimizer.schedule = 10, "constant"
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))["params"]
+    opt = build_optimizer(c, params)
+    state = make_init_fn(model, opt.tx, x, ema=True)(jax.random.PRNGKey(0))
+    step = jax.jit(make_train_step(model, ClassificationTask(10), opt, ema_decay=0.9))
+    expected = state.params
+    for _ in range(3):
+        state, _ = step(state, {"image": x, "label": jnp.arange(8)})
+        expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, expected, state.params)
+    for a, b in zip(jax.tree.leaves(state.extras["ema"]), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+EARLY = {"eval_every_steps": 5, "checkpoint.every_steps": 5, "checkpoint.best_metric": "eval/loss"}
+
+
+@pytest.mark.slow
+def test_early_stopping_restores_the_best_checkpoint(tmp_path, monkeypatch):
+    data_dir = str(tmp_path / "tfds")
+    overrides = {
+        **EARLY,
+        "data.data_dir": data_dir,
+        "checkpoint.best_mode": "min",
+        "early_stopping.patience": 2,
+        "early_stopping.min_delta": 100.0,  # nothing counts as an improvement after the first
+    }
+    result = _in_process(tmp_path / "run", data_dir, overrides, monkeypatch)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert result.status == loop.COMPLETED
+    assert "stopped at step 15" in summary["early_stopping/reason"]
+    assert max(_train_losses(tmp_path / "run")) == 15
+    evals = {r["step"]: r["eval/loss"] for r in read_metrics(tmp_path / "run") if "eval/loss" in r}
+    best = min((s for s in evals if s <= 15), key=evals.get)
+    # The final state is the best checkpoint's, and so is the final eval.
+    assert summary["early_stopping/final_step"] == best
+    assert summary["eval/loss"] == pytest.approx(evals[best], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_plateau_schedule_resumes_exactly(tmp_path, monkeypatch):
+    data_dir = str(tmp_path / "tfds")
+    overrides = {
+        **EARLY,
+        "data.data_dir": data_dir,
+        "optimizer.schedule": "plateau",
+        "optimizer.warmup_steps": 0,
+        "optimizer.plateau_patience": 1,
+        "optimizer.plateau_min_delta": 100.0,  # cut at every eval after the first
+        "checkpoint.best_mode": "max",
+        "checkpoint.best_metric": "eval/accuracy",
+    }
+    _in_process(tmp_path / "whole", data_dir, overrides, monkeypatch)
+    _in_process(tmp_path / "split", data_dir, overrides, monkeypatch, sigterm_at=17)
+    _in_process(tmp_path / "split", data_dir, overrides, monkeypatch)
+    assert _train_losses(tmp_path / "split") == _train_losses(tmp_path / "whole")
+    rows = read_metrics(tmp_path / "whole")
+    scales = [r["eval/lr_scale"] for r in rows if "eval/lr_scale" in r]
+    assert scales[:4] == [1.0, 0.5, 0.25, 0.125]
+    lrs = {r["step"]: r["train/learning_rate"] for r in rows if "train/learning_rate" in r}
+    assert lrs[6] == lrs[4]  # the first eval (step 5) only sets the reference
+    assert lrs[11] == pytest.approx(0.5 * lrs[4]) and lrs[16] == pytest.approx(0.25 * lrs[4])
