@@ -1,4 +1,4 @@
-"""Tests for research.data: the digits builder, sources and their errors, transforms, pipelines.
+"""Tests for research.data: offline builders (digits, xor), sources, errors, transforms, pipelines.
 
 Public datasets are exercised through `tfds.testing.mock_data` over metadata-only prepared
 directories, so the same dataset_info/open_source code path as real users runs without network.
@@ -16,6 +16,7 @@ from sklearn.datasets import load_digits
 from mock_tfds import fake_prepared
 from research import data
 from research.data.builders.digits import split_indices
+from research.data.builders.xor import truth_table
 from research.errors import DataError
 
 DIGITS_SIZES = {"train": 1257, "validation": 180, "test": 360}
@@ -94,6 +95,49 @@ def test_resolve_data_dir(monkeypatch, tmp_path):
 def test_open_source_split_slicing(digits_dir):
     assert len(data.open_source("digits", "train[:90%]", digits_dir)) == round(0.9 * 1257)
     assert len(data.open_source("digits", "train+validation", digits_dir)) == 1257 + 180
+
+
+# --- xor builder ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def xor_dir(tmp_path_factory) -> str:
+    """A data dir with xor built once for the whole module."""
+    data_dir = str(tmp_path_factory.mktemp("tfds_xor"))
+    data.dataset_info("xor", data_dir)
+    return data_dir
+
+
+def test_xor_is_an_offline_builder_with_four_points_per_split(xor_dir):
+    assert "xor" in data.OFFLINE_BUILDERS
+    info = data.dataset_info("xor", xor_dir)
+    assert info.splits == {"train": 4, "validation": 4, "test": 4}
+    assert info.num_classes == 2
+    assert info.features == {"image": ((2,), "float32"), "label": ((), "int64")}
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_xor_splits_hold_the_truth_table(xor_dir, split):
+    arrays = data.open_source("xor", split, xor_dir, in_memory=True).arrays
+    assert arrays["image"].dtype == np.float32
+    rows = sorted((*map(float, x), int(y)) for x, y in zip(*arrays.values(), strict=True))
+    assert rows == [(0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 0)]
+    inputs, labels = truth_table()
+    np.testing.assert_array_equal(labels, inputs[:, 0] != inputs[:, 1])
+
+
+def test_xor_full_batch_is_the_whole_dataset_as_float_vectors(xor_dir):
+    # A 1-D float feature passes the classification transform unchanged (no channel axis).
+    source = data.open_source("xor", "train", xor_dir)
+    transform = data.make_transform()
+    record = transform(source[0])
+    assert record["image"].shape == (2,) and record["image"].dtype == np.float32
+    np.testing.assert_array_equal(record["image"], source[0]["image"])
+    iterator = data.train_iterator(source, global_batch_size=4, seed=0, transform=transform)
+    for batch in _take(iterator, 3):
+        assert batch["image"].shape == (4, 2) and batch["image"].dtype == np.float32
+        pairs = zip(map(tuple, batch["image"].tolist()), batch["label"].tolist(), strict=True)
+        assert sorted(pairs) == [((0, 0), 0), ((0, 1), 1), ((1, 0), 1), ((1, 1), 0)]
 
 
 # --- errors -----------------------------------------------------------------------------------

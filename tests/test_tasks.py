@@ -1,4 +1,4 @@
-"""ClassificationTask against NumPy cross-entropy and sklearn metrics; `get_task` errors.
+"""ClassificationTask and BinaryClassificationTask against NumPy and sklearn; `get_task` errors.
 
 Eval statistics are masked sums accumulated over batches; `finalize` must then agree with sklearn
 computed on the real (mask == 1) examples only, including its macro average over just the classes
@@ -14,7 +14,7 @@ from sklearn import metrics
 
 from research.config import base_config
 from research.errors import ConfigError
-from research.tasks import ClassificationTask, get_task
+from research.tasks import BinaryClassificationTask, ClassificationTask, get_task
 
 C = 5
 
@@ -144,3 +144,94 @@ def test_get_task_classification_needs_classes():
     assert task == ClassificationTask(num_classes=C, label_smoothing=0.1)
     with pytest.raises(ConfigError):
         get_task({"name": "classification"}, num_classes=None)
+
+
+# --- binary classification: one sigmoid output ------------------------------------------------
+
+
+def _bce(z, y):
+    """Per-example binary cross-entropy of sigmoid(z) against targets y, in float64."""
+    z = z.astype(np.float64)
+    return np.logaddexp(0.0, z) - y * z  # -y log s(z) - (1 - y) log(1 - s(z))
+
+
+def _binary_batch(rng, n):
+    logits = rng.normal(scale=3.0, size=(n, 1)).astype(np.float32)
+    return logits, rng.integers(0, 2, size=n)
+
+
+def test_binary_loss_is_mean_sigmoid_cross_entropy_and_accuracy():
+    logits, labels = _binary_batch(np.random.default_rng(4), 32)
+    task = BinaryClassificationTask()
+    loss, m = task.loss(jnp.asarray(logits), {}, {"label": jnp.asarray(labels)})
+    assert float(loss) == pytest.approx(_bce(logits[:, 0], labels).mean(), rel=1e-5)
+    probabilities = 1 / (1 + np.exp(-logits[:, 0].astype(np.float64)))
+    assert float(m["accuracy"]) == pytest.approx(np.mean((probabilities > 0.5) == labels))
+
+
+def test_binary_label_smoothing_moves_targets_towards_one_half():
+    logits, labels = _binary_batch(np.random.default_rng(5), 32)
+    task = BinaryClassificationTask(label_smoothing=0.2)
+    loss, _ = task.loss(jnp.asarray(logits), {}, {"label": jnp.asarray(labels)})
+    targets = labels * 0.8 + 0.1
+    assert float(loss) == pytest.approx(_bce(logits[:, 0], targets).mean(), rel=1e-5)
+
+
+def test_binary_equals_two_class_softmax_on_logits_zero_and_z():
+    # softmax([0, z]) = [1 - sigmoid(z), sigmoid(z)]: the same model, written with two logits.
+    rng = np.random.default_rng(6)
+    logits, labels = _binary_batch(rng, 40)
+    logits[:3] = 0.0  # ties: both heads predict class 0
+    mask = (rng.random(40) > 0.25).astype(np.float32)
+    batch = {"label": jnp.asarray(labels), "mask": jnp.asarray(mask)}
+    two = np.concatenate([np.zeros_like(logits), logits], axis=1)
+    binary, softmax = BinaryClassificationTask(), ClassificationTask(num_classes=2)
+    a, b = binary.eval_sums(jnp.asarray(logits), {}, batch), softmax.eval_sums(two, {}, batch)
+    np.testing.assert_array_equal(a["confusion"], b["confusion"])
+    assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5)
+    assert float(a["count"]) == float(b["count"]) == mask.sum()
+
+
+def test_binary_eval_metrics_match_sklearn_with_threshold_one_half():
+    rng = np.random.default_rng(7)
+    batches = []
+    for n in (8, 8, 5):
+        logits, labels = _binary_batch(rng, n)
+        mask = (rng.random(n) > 0.3).astype(np.float32)
+        batches.append((logits, np.where(mask > 0, labels, 1), mask))
+    task = BinaryClassificationTask()
+    totals = _accumulate(task, batches)
+    result = task.finalize(totals)
+    logits, y_true = _real(batches)
+    y_pred = (1 / (1 + np.exp(-logits[:, 0].astype(np.float64))) > 0.5).astype(int)
+    np.testing.assert_array_equal(
+        totals["confusion"], metrics.confusion_matrix(y_true, y_pred, labels=[0, 1])
+    )
+    p, r, f, _ = metrics.precision_recall_fscore_support(
+        y_true, y_pred, average="macro", zero_division=0
+    )
+    assert result["accuracy"] == pytest.approx(metrics.accuracy_score(y_true, y_pred), abs=1e-12)
+    assert (result["precision"], result["recall"], result["f1"]) == pytest.approx((p, r, f))
+    assert result["loss"] == pytest.approx(_bce(logits[:, 0], y_true).mean(), rel=1e-5)
+    assert task.summary(totals)["confusion_matrix"] == totals["confusion"].astype(int).tolist()
+
+
+def test_model_outputs_and_wrong_head_width():
+    assert ClassificationTask(num_classes=C).model_outputs == C
+    assert BinaryClassificationTask().model_outputs == 1
+    with pytest.raises(ValueError, match="1 output"):
+        BinaryClassificationTask().loss(jnp.zeros((4, 2)), {}, {"label": jnp.zeros(4, int)})
+    with pytest.raises(ValueError, match="2 classes"):
+        BinaryClassificationTask(num_classes=3)
+
+
+def test_get_task_binary_classification_needs_two_classes():
+    task_config = base_config().task
+    task_config.name = "binary_classification"
+    task = get_task(ml_collections.FrozenConfigDict(task_config), num_classes=2)
+    assert task == BinaryClassificationTask(num_classes=2, label_smoothing=0.0)
+    for classes in (None, 10):
+        with pytest.raises(ConfigError, match="binary_classification.*2 classes"):
+            get_task(task_config, num_classes=classes)
+    with pytest.raises(ConfigError, match="known: classification, binary_classification"):
+        get_task({"name": "binary"}, num_classes=2)

@@ -1,9 +1,9 @@
 """Data: TFDS sources (public and offline builders), grain pipelines and per-record transforms.
 
-Importing this package registers our offline TFDS builders (e.g. "digits") with TFDS.
+Importing this package registers our offline TFDS builders ("digits", "xor") with TFDS.
 """
 
-from research.data.builders import digits as _digits  # noqa: F401  (registers the builder)
+from research.data import builders as _builders  # noqa: F401  (registers the offline builders)
 from research.data.pipeline import eval_batches, train_iterator
 from research.data.sources import (
     OFFLINE_BUILDERS,

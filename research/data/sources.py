@@ -17,11 +17,12 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import tqdm_utils
 
 from research.data.builders.digits import Digits
+from research.data.builders.xor import Xor
 from research.errors import DataError
 
-# Builders whose data ships with installed packages; they are built on first use, offline.
+# Builders whose data ships with installed packages or is generated; built on first use, offline.
 OFFLINE_BUILDERS: Mapping[str, type[tfds.core.DatasetBuilder]] = types.MappingProxyType(
-    {"digits": Digits}
+    {"digits": Digits, "xor": Xor}
 )
 
 _RANDOM_ACCESS_FORMATS = (tfds.core.FileFormat.ARRAY_RECORD,)

@@ -8,7 +8,7 @@ import flax.linen as nn
 
 from research.errors import ConfigError
 from research.models.cnn import CNN
-from research.models.layers import resolve_dtype
+from research.models.layers import get_activation, get_kernel_init, resolve_dtype
 from research.models.mlp import MLP
 
 # name -> (module class, default keyword arguments); a config's model.* keys override the defaults.
@@ -41,4 +41,14 @@ def get_model(
         raise ConfigError(
             f"model '{name}' has no option(s) {', '.join(unknown)} (model.{unknown[0]})"
         )
-    return cls(**kwargs)
+    model = cls(**kwargs)
+    _check_named_choices(model)
+    return model
+
+
+def _check_named_choices(model: nn.Module) -> None:
+    """Fail on an unknown initializer or activation now, not at the first `init` of a run."""
+    if hasattr(model, "kernel_init"):
+        get_kernel_init(model.kernel_init, model.init_scale)
+    if hasattr(model, "activation"):
+        get_activation(model.activation)

@@ -2,7 +2,8 @@
 
 With the defaults it is the tutorial's model: two stages of two 3x3 convolutions (32 then 64
 filters), each stage followed by 2x2 max pooling and dropout, then a dense layer, dropout and
-the classification head. Parameters live at `stage{s}/block{b}/conv`, `fc` and `head`.
+the classification head. Parameters live at `stage{s}/block{b}/conv`, `fc` and `head`; every
+kernel uses the `kernel_init` scheme (flax's LeCun normal by default) and biases start at zero.
 """
 
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.models.layers import ConvBlock
+from research.models.layers import ConvBlock, dense
 
 
 class Stage(nn.Module):
@@ -21,6 +22,8 @@ class Stage(nn.Module):
     blocks: int
     batch_norm: bool = False
     bn_axis_name: str | None = None
+    kernel_init: str = "lecun"
+    init_scale: float = 0.01
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -30,6 +33,8 @@ class Stage(nn.Module):
                 self.features,
                 batch_norm=self.batch_norm,
                 bn_axis_name=self.bn_axis_name,
+                kernel_init=self.kernel_init,
+                init_scale=self.init_scale,
                 dtype=self.dtype,
                 name=f"block{b}",
             )(x, train=train)
@@ -47,10 +52,13 @@ class CNN(nn.Module):
     head_dropout_rate: float = 0.5
     batch_norm: bool = False
     bn_axis_name: str | None = None
+    kernel_init: str = "lecun"  # every conv and dense kernel; see layers.KERNEL_INITS
+    init_scale: float = 0.01  # stddev of kernel_init="normal"
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> tuple[jnp.ndarray, dict]:
+        init = {"kernel_init": self.kernel_init, "init_scale": self.init_scale}
         x = x.astype(self.dtype)
         aux = {}
         for s, features in enumerate(self.stage_features, start=1):
@@ -61,12 +69,13 @@ class CNN(nn.Module):
                 bn_axis_name=self.bn_axis_name,
                 dtype=self.dtype,
                 name=f"stage{s}",
+                **init,
             )(x, train=train)
             aux[f"stage{s}"] = x
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = x.reshape((x.shape[0], -1))
-        x = nn.relu(nn.Dense(self.dense_features, dtype=self.dtype, name="fc")(x))
+        x = nn.relu(dense(self.dense_features, name="fc", dtype=self.dtype, **init)(x))
         aux["pre_logits"] = x
         x = nn.Dropout(self.head_dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+        logits = dense(self.num_classes, name="head", dtype=self.dtype, **init)(x)
         return logits.astype(jnp.float32), aux

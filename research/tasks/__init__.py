@@ -5,17 +5,29 @@ from typing import Any
 
 from research.errors import ConfigError
 from research.tasks.base import Task
-from research.tasks.classification import ClassificationTask
+from research.tasks.classification import BinaryClassificationTask, ClassificationTask
 
-__all__ = ["ClassificationTask", "Task", "get_task"]
+__all__ = ["BinaryClassificationTask", "ClassificationTask", "TASKS", "Task", "get_task"]
+
+TASKS = ("classification", "binary_classification")
 
 
 def get_task(task_config: Mapping[str, Any], *, num_classes: int | None) -> Task:
-    """Instantiate the task named by `task.name` with the dataset's facts it needs."""
+    """Instantiate the task named by `task.name` with the dataset's facts it needs.
+
+    The model is then built with `task.model_outputs` outputs (1 for binary_classification).
+    """
     kwargs = dict(task_config)
     name = kwargs.pop("name")
     if name == "classification":
         if not num_classes:
             raise ConfigError("task 'classification' needs a dataset with a ClassLabel 'label'")
         return ClassificationTask(num_classes=num_classes, **kwargs)
-    raise ConfigError(f"unknown task.name '{name}'; known: classification")
+    if name == "binary_classification":
+        if num_classes != 2:
+            raise ConfigError(
+                f"task 'binary_classification' needs a dataset whose 'label' has 2 classes, "
+                f"got {num_classes}; use task.name='classification'"
+            )
+        return BinaryClassificationTask(**kwargs)
+    raise ConfigError(f"unknown task.name '{name}'; known: {', '.join(TASKS)}")

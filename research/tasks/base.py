@@ -15,6 +15,13 @@ class Task(Protocol):
     give the same totals; `finalize` turns the totals into metrics.
     """
 
+    @property
+    def model_outputs(self) -> int:
+        """Width of the model's output layer, passed to `get_model` as `num_classes`.
+
+        Usually the dataset's class count; a binary task with one sigmoid output needs 1.
+        """
+
     def transform(self) -> Callable[[dict], dict]:
         """The per-record transform from a dataset record to what `inputs`/`loss` read."""
 

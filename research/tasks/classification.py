@@ -1,4 +1,9 @@
-"""Classification: softmax cross-entropy; accuracy, macro precision/recall/F1, confusion matrix."""
+"""Classification: softmax cross-entropy; accuracy, macro precision/recall/F1, confusion matrix.
+
+`BinaryClassificationTask` is the two-class case with ONE output unit: a sigmoid on a single
+logit trained with binary cross-entropy, predicting class 1 when the probability exceeds 0.5.
+It shares the evaluation (2x2 confusion matrix and the metrics derived from it).
+"""
 
 import dataclasses
 from collections.abc import Callable
@@ -21,6 +26,11 @@ class ClassificationTask:
     num_classes: int
     label_smoothing: float = 0.0
 
+    @property
+    def model_outputs(self) -> int:
+        """Width of the model's output layer: one logit per class."""
+        return self.num_classes
+
     def transform(self) -> Callable[[dict], dict]:
         """Images scaled to [0, 1] float32 and int32 labels."""
         return data.make_transform()
@@ -29,26 +39,33 @@ class ClassificationTask:
         """The model input."""
         return batch["image"]
 
-    def _targets(self, labels: jax.Array) -> jax.Array:
+    def losses(self, logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
+        """Per-example softmax cross-entropy against (optionally smoothed) one-hot labels."""
         onehot = jax.nn.one_hot(labels, self.num_classes)
-        return optax.smooth_labels(onehot, self.label_smoothing) if self.label_smoothing else onehot
+        targets = optax.smooth_labels(onehot, smoothing) if smoothing else onehot
+        return optax.softmax_cross_entropy(logits, targets)
+
+    def predict(self, logits: jax.Array) -> jax.Array:
+        """Predicted class per example: the largest logit."""
+        return jnp.argmax(logits, -1)
 
     def loss(self, logits: jax.Array, aux: dict, batch: dict) -> tuple[jax.Array, dict]:
-        """Mean cross-entropy against (optionally smoothed) one-hot labels, and accuracy."""
-        losses = optax.softmax_cross_entropy(logits, self._targets(batch["label"]))
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-        return jnp.mean(losses), {"loss": jnp.mean(losses), "accuracy": accuracy}
+        """Mean training loss (with the configured label smoothing), and accuracy."""
+        loss = jnp.mean(self.losses(logits, batch["label"], self.label_smoothing))
+        accuracy = jnp.mean(self.predict(logits) == batch["label"])
+        return loss, {"loss": loss, "accuracy": accuracy}
 
     def eval_sums(self, logits: jax.Array, aux: dict, batch: dict) -> dict[str, jax.Array]:
-        """Masked loss sum, example count and the confusion matrix (rows: true, cols: predicted)."""
+        """Masked loss sum, example count and the confusion matrix (rows: true, cols: predicted).
+
+        The eval loss never smooths labels, so it is comparable across label_smoothing values.
+        """
         mask = batch["mask"]
         labels = batch["label"]
-        losses = optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, self.num_classes))
-        predicted = jnp.argmax(logits, -1)
-        cells = labels * self.num_classes + predicted
+        cells = labels * self.num_classes + self.predict(logits)
         confusion = jnp.zeros(self.num_classes**2, jnp.float32).at[cells].add(mask)
         return {
-            "loss": jnp.sum(losses * mask),
+            "loss": jnp.sum(self.losses(logits, labels) * mask),
             "count": jnp.sum(mask),
             "confusion": confusion.reshape(self.num_classes, self.num_classes),
         }
@@ -80,6 +97,47 @@ class ClassificationTask:
     def plots(self, sums: dict[str, Any], directory: Path, prefix: str) -> list[Path]:
         """A heatmap of the confusion matrix."""
         return [plots.confusion_matrix(sums["confusion"], directory / f"{prefix}_confusion.png")]
+
+
+@dataclasses.dataclass(frozen=True)
+class BinaryClassificationTask(ClassificationTask):
+    """Two classes from one logit z per example: p(class 1) = sigmoid(z), loss = binary CE.
+
+    The model must be built with `model_outputs` (= 1) outputs. Label smoothing moves the 0/1
+    targets towards 1/2 by `label_smoothing / 2`, the same targets a two-class softmax gets.
+    """
+
+    num_classes: int = 2
+
+    def __post_init__(self) -> None:
+        if self.num_classes != 2:
+            raise ValueError(f"binary classification has 2 classes, got {self.num_classes}")
+
+    @property
+    def model_outputs(self) -> int:
+        """Width of the model's output layer: a single logit."""
+        return 1
+
+    def losses(self, logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
+        """Per-example sigmoid binary cross-entropy of the single logit."""
+        targets = labels.astype(jnp.float32)
+        if smoothing:
+            targets = targets * (1 - smoothing) + smoothing / 2
+        return optax.sigmoid_binary_cross_entropy(_single_logit(logits), targets)
+
+    def predict(self, logits: jax.Array) -> jax.Array:
+        """Class 1 where sigmoid(z) > 0.5, i.e. z > 0; class 0 otherwise (ties included)."""
+        return (_single_logit(logits) > 0).astype(jnp.int32)
+
+
+def _single_logit(logits: jax.Array) -> jax.Array:
+    """(batch, 1) logits -> (batch,); a wider head is a wiring error (setup must pass 1 output)."""
+    if logits.shape[-1] != 1:
+        raise ValueError(
+            f"binary classification needs a model with 1 output, got logits of shape "
+            f"{logits.shape}; build the model with num_classes=task.model_outputs"
+        )
+    return logits[..., 0]
 
 
 def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:

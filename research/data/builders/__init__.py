@@ -1,5 +1,9 @@
-"""Offline TFDS builders for data that ships inside installed packages; importing registers them."""
+"""Offline TFDS builders for data that ships inside installed packages or that we generate.
+
+Importing this package registers them with TFDS.
+"""
 
 from research.data.builders.digits import Digits
+from research.data.builders.xor import Xor
 
-__all__ = ["Digits"]
+__all__ = ["Digits", "Xor"]
