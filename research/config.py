@@ -48,6 +48,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.regularization = ml_collections.ConfigDict({"l1": 0.0, "l2": 0.0})  # penalties in the loss
     c.param_rules = rules.DEFAULT_RULES  # (regex, group, lr multiplier, decay), first match wins
     c.unfreeze = _unfreeze_defaults()
+    c.distill = ml_collections.ConfigDict(
+        {
+            "teacher": config_dict.placeholder(str),  # a finished run's workdir
+            "temperature": 4.0,
+            "weight": 0.5,  # of the T^2-scaled KL term; 1 - weight goes to the hard labels
+        }
+    )
+    c.mixup = ml_collections.ConfigDict(
+        {
+            "method": "none",  # none | mixup | cutmix
+            "alpha": 0.2,  # lambda ~ Beta(alpha, alpha)
+            "per_example": True,  # one lambda per example (else one per device shard)
+            "cross_shard": False,  # partners from the whole global batch, across devices
+        }
+    )
     # Stop when checkpoint.best_metric has not improved by more than min_delta for `patience`
     # evals; the best checkpoint becomes the final state (None: never stop early).
     c.early_stopping = ml_collections.ConfigDict(
@@ -237,6 +252,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "parallel.mode", PARALLEL_MODES)
     _check_choice(config, "checkpoint.best_mode", ("min", "max"))
     _check_choice(config, "unfreeze.batch_norm", ("frozen", "update"))
+    _check_choice(config, "mixup.method", ("none", "mixup", "cutmix"))
     for key in ("total_steps", "log_every_steps", "eval_batch_size", "checkpoint.keep"):
         if _get(config, key) <= 0:
             raise ConfigError(f"'{key}' must be positive, got {_get(config, key)}")

@@ -103,3 +103,32 @@ def test_plateau_schedule_resumes_exactly(tmp_path, monkeypatch):
     lrs = {r["step"]: r["train/learning_rate"] for r in rows if "train/learning_rate" in r}
     assert lrs[6] == lrs[4]  # the first eval (step 5) only sets the reference
     assert lrs[11] == pytest.approx(0.5 * lrs[4]) and lrs[16] == pytest.approx(0.25 * lrs[4])
+
+
+@pytest.mark.slow
+def test_distillation_from_a_teacher_run(tmp_path, monkeypatch):
+    data_dir = str(tmp_path / "tfds")
+    assert _in_process(tmp_path / "teacher", data_dir, {}, monkeypatch).status == "completed"
+    # A student that starts as the teacher and does not move: the KL term is exactly zero.
+    same = {
+        "distill.teacher": str(tmp_path / "teacher"),
+        "distill.temperature": 2.0,
+        "distill.weight": 1.0,
+        "init_from": str(tmp_path / "teacher"),
+        "optimizer.learning_rate": 0.0,
+        "optimizer.warmup_steps": 0,
+        "model.dropout_rate": 0.0,  # train-mode logits equal the teacher's inference logits
+        "total_steps": 3,
+        "eval_every_steps": 3,
+        "checkpoint.every_steps": 3,
+    }
+    _in_process(tmp_path / "copy", data_dir, same, monkeypatch)
+    kl = [r["train/distill_kl"] for r in read_metrics(tmp_path / "copy") if "train/distill_kl" in r]
+    assert kl and max(kl) == pytest.approx(0.0, abs=1e-6)
+    # A fresh student learns from the teacher: the KL term falls while it trains.
+    fresh = {"distill.teacher": str(tmp_path / "teacher"), "distill.weight": 0.7}
+    _in_process(tmp_path / "student", data_dir, fresh, monkeypatch)
+    rows = [r for r in read_metrics(tmp_path / "student") if "train/distill_kl" in r]
+    assert rows[-1]["train/distill_kl"] < 0.5 * rows[0]["train/distill_kl"]
+    summary = json.loads((tmp_path / "student" / "summary.json").read_text())
+    assert summary["test/accuracy"] > 0.5

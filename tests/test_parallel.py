@@ -9,6 +9,7 @@ import pytest
 from research.config import base_config
 from research.models import get_model
 from research.optim import build_optimizer
+from research.optim.mixup import make_batch_mixer
 from research.parallel import Parallel
 from research.tasks import ClassificationTask
 from research.train.state import make_init_fn
@@ -44,10 +45,22 @@ def _setup(mode: str, num_devices: int):
     return par, model, task, optimizer, state
 
 
-def _train(mode: str, num_devices: int):
+def _train(mode: str, num_devices: int, mixup: str = "none"):
+    chex.clear_trace_counter()  # each call builds (and may trace) its own step once
     par, model, task, optimizer, state = _setup(mode, num_devices)
+    mixer = None
+    if mixup != "none":
+        mixer = make_batch_mixer(
+            mixup,
+            alpha=0.4,
+            per_example=True,
+            num_classes=10,
+            label_smoothing=0.1,
+            num_shards=par.num_devices,
+            axis_name=par.axis_name,
+        )
     step_fn = chex.assert_max_traces(
-        make_train_step(model, task, optimizer, axis_name=par.axis_name), n=1
+        make_train_step(model, task, optimizer, axis_name=par.axis_name, batch_mixer=mixer), n=1
     )
     train_step = par.compile_train_step(step_fn)
     images, labels = _data()
@@ -71,7 +84,6 @@ def reference():
 
 @pytest.mark.parametrize("mode,num_devices", [("jit", 8), ("pmap", 8), ("pmap", 1)])
 def test_same_result_on_any_device_count_and_driver(reference, mode, num_devices):
-    chex.clear_trace_counter()
     ref_losses, ref_state, ref_sums = reference
     losses, state, sums = _train(mode, num_devices)
     assert ref_losses[-1] < ref_losses[0]  # it learned something, so agreement is not vacuous
@@ -82,3 +94,16 @@ def test_same_result_on_any_device_count_and_driver(reference, mode, num_devices
     assert sums["count"] == BATCH - 3
     np.testing.assert_allclose(sums["loss"], ref_sums["loss"], rtol=1e-5)
     np.testing.assert_array_equal(sums["confusion"], ref_sums["confusion"])
+
+
+# CutMix is checked batch by batch in test_mixup.py: over a training run an ULP difference in a
+# sampled lambda can move a box edge by one pixel, which is rounding, not a semantic difference.
+@pytest.mark.parametrize("method", ["mixup"])
+def test_mixing_within_shards_is_the_same_under_jit_and_pmap(method):
+    jit_losses, jit_state, _ = _train("jit", 8, mixup=method)
+    pmap_losses, pmap_state, _ = _train("pmap", 8, mixup=method)
+    plain_losses, _, _ = _train("jit", 8)
+    assert not np.allclose(jit_losses, plain_losses)  # the mixing really happened
+    np.testing.assert_allclose(pmap_losses, jit_losses, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(pmap_state), jax.tree.leaves(jit_state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -192,3 +192,44 @@ def _box_mask(rng: jax.Array, lam: jax.Array, height: int, width: int) -> jax.Ar
 def _expand(x: jax.Array, ndim: int) -> jax.Array:
     """Append singleton axes so a per-example (or per-pixel) value broadcasts over `ndim` dims."""
     return x.reshape(x.shape + (1,) * (ndim - x.ndim))
+
+
+MIXUP_STREAM = 0x6D6978  # folded into the step key, so mixing draws differ from dropout's
+
+
+def make_batch_mixer(
+    method: str,
+    *,
+    alpha: float,
+    per_example: bool,
+    num_classes: int,
+    label_smoothing: float,
+    num_shards: int,
+    axis_name: str | None,
+) -> Callable[[jax.Array, dict], dict]:
+    """`(step_key, batch) -> batch` with mixed `image` and soft `targets` (labels kept).
+
+    Under jit pass `num_shards` = devices on the data axis (or 1 to mix across shards); under
+    pmap (`axis_name` set) each device mixes its own shard with `shard_rng(key, axis_index)`,
+    which gives the same result as jit with `num_shards` = devices.
+    """
+
+    def mix(step_key: jax.Array, batch: dict) -> dict:
+        key = jax.random.fold_in(step_key, MIXUP_STREAM)
+        shards = num_shards
+        if axis_name is not None:
+            key, shards = shard_rng(key, jax.lax.axis_index(axis_name)), 1
+        onehot = jax.nn.one_hot(batch["label"], num_classes)
+        images, targets, _ = mix_batch(
+            key,
+            batch["image"],
+            onehot,
+            method=method,
+            alpha=alpha,
+            per_example=per_example,
+            num_shards=shards,
+            label_smoothing=label_smoothing,
+        )
+        return {**batch, "image": images, "targets": targets}
+
+    return mix

@@ -50,8 +50,15 @@ class ClassificationTask:
         return jnp.argmax(logits, -1)
 
     def loss(self, logits: jax.Array, aux: dict, batch: dict) -> tuple[jax.Array, dict]:
-        """Mean training loss (with the configured label smoothing), and accuracy."""
-        loss = jnp.mean(self.losses(logits, batch["label"], self.label_smoothing))
+        """Mean training loss (with the configured label smoothing), and accuracy.
+
+        Soft `targets` in the batch (mixup/CutMix, smoothing already applied) replace the
+        labels in the loss; accuracy is always against the original labels.
+        """
+        if "targets" in batch:
+            loss = jnp.mean(optax.softmax_cross_entropy(logits, batch["targets"]))
+        else:
+            loss = jnp.mean(self.losses(logits, batch["label"], self.label_smoothing))
         accuracy = jnp.mean(self.predict(logits) == batch["label"])
         return loss, {"loss": loss, "accuracy": accuracy}
 

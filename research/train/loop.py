@@ -103,6 +103,9 @@ def _initial_state(
 def _fresh_state(run: Run, rng: jax.Array) -> Any:
     """Initialised state; with `init_from`, params and BatchNorm statistics from another run."""
     state = run.par.init_state(run.init_fn, rng)
+    if run.teacher is not None:
+        teacher = run.teacher.load(run.par.replicated)
+        state = state.replace(extras={**state.extras, "teacher": teacher})
     if not run.config.init_from:
         return state
     path = Path(run.config.init_from)

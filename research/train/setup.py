@@ -20,10 +20,12 @@ from research import data
 from research.errors import ConfigError
 from research.models import get_model
 from research.optim import Optimizer, build_optimizer
+from research.optim.mixup import make_batch_mixer
 from research.parallel import Parallel
-from research.tasks import Task, get_task
+from research.tasks import ClassificationTask, Task, get_task
 from research.train.state import make_init_fn
 from research.train.step import make_eval_step, make_train_step
+from research.train.teacher import Teacher, load_teacher
 
 # The splits a run reads, by the metric prefix they are reported under.
 SPLIT_KEYS = {"train": "train_split", "eval": "eval_split", "test": "test_split"}
@@ -36,6 +38,7 @@ class Run:
     config: ml_collections.FrozenConfigDict
     par: Parallel
     optimizer: Optimizer
+    teacher: Teacher | None
     model: nn.Module
     task: Task
     sources: dict[str, Any]
@@ -71,7 +74,15 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
     optimizer = build_optimizer(config, _abstract_params(model, inputs))
     ema_decay = config.optimizer.ema_decay
     plateau = config.optimizer.schedule == "plateau"
-    init_fn = make_init_fn(model, optimizer.tx, inputs, ema=ema_decay is not None, lr_scale=plateau)
+    teacher = load_teacher(config.distill, task.model_outputs, inputs)
+    init_fn = make_init_fn(
+        model,
+        optimizer.tx,
+        inputs,
+        ema=ema_decay is not None,
+        lr_scale=plateau,
+        teacher_variables=teacher.abstract_variables if teacher else None,
+    )
     train_step = make_train_step(
         model,
         task,
@@ -80,12 +91,15 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
         freeze_frozen_batch_norm=config.unfreeze.batch_norm == "frozen",
         diagnostics=config.diagnostics,
         ema_decay=ema_decay,
+        batch_mixer=_batch_mixer(config, task, par),
+        teacher=teacher,
     )
     eval_step = make_eval_step(model, task, axis_name=par.axis_name)
     return Run(
         config=config,
         par=par,
         optimizer=optimizer,
+        teacher=teacher,
         model=model,
         task=task,
         sources=sources,
@@ -93,6 +107,24 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
         init_fn=init_fn,
         train_step=par.compile_train_step(train_step),
         eval_step=par.compile_eval_step(eval_step),
+    )
+
+
+def _batch_mixer(config: Any, task: Task, par: Parallel) -> Callable | None:
+    """Mixup/CutMix from `config.mixup`, within device shards unless `cross_shard`."""
+    m = config.mixup
+    if m.method == "none":
+        return None
+    if not isinstance(task, ClassificationTask) or task.model_outputs < 2:
+        raise ConfigError("mixup.method needs task.name='classification' (softmax over classes)")
+    return make_batch_mixer(
+        m.method,
+        alpha=m.alpha,
+        per_example=m.per_example,
+        num_classes=task.num_classes,
+        label_smoothing=task.label_smoothing,
+        num_shards=1 if m.cross_shard else par.num_devices,
+        axis_name=par.axis_name,
     )
 
 

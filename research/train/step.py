@@ -18,6 +18,7 @@ from research.optim.diagnostics import dead_units, gradient_diagnostics
 from research.optim.layer_decay import keep_frozen_statistics
 from research.tasks import Task
 from research.train.state import TrainState, eval_params, model_variables
+from research.train.teacher import Teacher
 
 Batch = dict[str, jax.Array]
 
@@ -31,6 +32,8 @@ def make_train_step(
     freeze_frozen_batch_norm: bool = True,
     diagnostics: bool = False,
     ema_decay: float | None = None,
+    batch_mixer: Callable[[jax.Array, Batch], Batch] | None = None,
+    teacher: Teacher | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """`(state, batch) -> (state, metrics)`; metrics are `train/*` scalars on device.
 
@@ -39,12 +42,17 @@ def make_train_step(
     parameters do not train at this step keep their values. `diagnostics` adds per-module
     gradient norms, per-group update ratios and dead-ReLU fractions (research.optim.diagnostics).
     `ema_decay` updates the parameter average in `extras["ema"]`; an `extras["lr_scale"]`
-    (reduce-on-plateau) multiplies every update.
+    (reduce-on-plateau) multiplies every update. `batch_mixer` (mixup/CutMix) rewrites the
+    batch from the step's key before the model sees it, the same on any number of devices.
+    With a `teacher` the objective is its distillation loss (the task's metrics are still
+    reported; `train/distill_kl` and `train/ce` are the two parts).
     """
     tx, regularizer = optimizer.tx, optimizer.regularizer
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = jax.random.fold_in(state.rng, state.step)
+        if batch_mixer is not None:  # before the per-device fold: jit and pmap mix alike
+            batch = batch_mixer(rng, batch)
         if axis_name is not None:  # independent dropout masks per device shard
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
@@ -57,11 +65,16 @@ def make_train_step(
                 mutable=["batch_stats"],
             )
             loss, metrics = task.loss(outputs, aux, batch)
+            if teacher is not None:
+                loss, parts = teacher.loss(outputs, teacher_logits, batch)
+                metrics = {**metrics, **parts}
             if regularizer is not None:
                 metrics = {**metrics, "penalty": regularizer(params)}
                 loss = loss + metrics["penalty"]
             return loss, (metrics, mutated, aux)
 
+        if teacher is not None:
+            teacher_logits = teacher.logits(state.extras["teacher"], task.inputs(batch))
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (_, (metrics, mutated, aux)), grads = grad_fn(state.params)
         if axis_name is not None:
