@@ -276,10 +276,11 @@ def _check_monitoring(config: ml_collections.ConfigDict) -> None:
             f"{' and '.join(users)} need checkpoint.best_metric and eval_every_steps (or "
             "eval_every_epochs) to watch a validation metric"
         )
-    if config.early_stopping.patience is not None and not config.checkpoint.every_steps:
+    every, eval_every = config.checkpoint.every_steps, config.eval_every_steps
+    if config.early_stopping.patience is not None and every != eval_every:
         raise ConfigError(
-            "early_stopping needs checkpoint.every_steps (a multiple of eval_every_steps) to "
-            "restore the best checkpoint"
+            f"early_stopping needs a checkpoint at every eval to restore the best one: set "
+            f"checkpoint.every_steps ({every}) equal to eval_every_steps ({eval_every})"
         )
 
 

@@ -2,6 +2,7 @@
 frozen parameters, layer-wise decay, unfreezing, BatchNorm policy, penalties, accumulation."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -258,3 +259,40 @@ def test_batch_norm_statistics_of_frozen_parts(policy):
         new.params["stage1"]["block1"]["conv"]["kernel"],
         state.params["stage1"]["block1"]["conv"]["kernel"],
     )
+
+
+def test_adam_of_a_late_group_starts_afresh():
+    c = _config(name="adam", learning_rate=0.1)
+    c.param_rules = ((r"head/.*", "head", 1.0, True), (r".*", "body", 1.0, True))
+    c.unfreeze.groups, c.unfreeze.at_steps = ("body",), (5,)
+    updates, _ = _updates(build_optimizer(c, PARAMS).tx, steps=6)
+    # At step 5 the body's first Adam update is that of a new optimizer: bias correction from 1.
+    g5 = _grads(5)["fc"]["kernel"]
+    first = optax.adam(0.1)
+    expected, _ = first.update({"w": g5}, first.init({"w": g5}))
+    np.testing.assert_allclose(updates[5]["fc"]["kernel"], expected["w"], rtol=1e-5)
+    assert all(not jnp.any(u["fc"]["kernel"]) for u in updates[:5])
+
+
+def test_accumulation_keeps_no_buffers_for_frozen_parameters():
+    c = _config(name="adam", learning_rate=0.1, accumulate_steps=2)
+    c.param_rules = ((r"fc/.*", "frozen", 0.0, True), (r".*", "rest", 1.0, True))
+    _, state = _updates(build_optimizer(c, PARAMS).tx, steps=2)
+    assert (2, 3) not in [x.shape for x in jax.tree.leaves(state)]
+
+
+@pytest.mark.parametrize(
+    "groups,starts,message",
+    [
+        (("body",), (-1,), "must be in [0, 50)"),
+        (("body",), (50,), "must be in [0, 50)"),
+        (("body", "head"), (20, 10), "non-decreasing"),
+        (("body", "body"), (10, 20), "more than once"),
+    ],
+)
+def test_bad_unfreeze_schedules_are_config_errors(groups, starts, message):
+    c = _config()
+    c.param_rules = ((r"head/.*", "head", 1.0, True), (r".*", "body", 1.0, True))
+    c.unfreeze.groups, c.unfreeze.at_steps = groups, starts
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_optimizer(c, PARAMS)

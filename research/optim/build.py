@@ -1,14 +1,17 @@
 """Config -> optax chain with per-parameter behaviour.
 
 For each parameter the rule table (`param_rules`) gives a group, a learning-rate multiplier and
-a weight-decay flag; layer-wise decay and progressive unfreezing multiply in. The chain, built
-from optax's own transformations, is:
+a weight-decay flag; layer-wise decay multiplies in, and progressive unfreezing says from which
+step a group trains. The chain, built from optax's own transformations, is:
 
-    gate (unfreeze) -> clip by value -> clip by global norm -> optimizer scaling
-    -> decoupled weight decay (masked) -> learning-rate schedule -> per-parameter multipliers
+    gate (zero the gradients of parameters not training yet) -> clip by value -> clip by
+    global norm -> [optimizer scaling -> decoupled weight decay (masked)], one copy per
+    unfreeze start -> learning-rate schedule -> per-parameter multipliers
 
 Parameters whose multiplier is 0 for the whole run go through `optax.set_to_zero` in a
-`multi_transform`, so they keep no optimizer state. Gradient accumulation wraps the chain in
+`multi_transform`, so they keep no optimizer state (nor gradient-accumulation buffers). A
+group that unfreezes at step s has its own optimizer state, untouched until s, so e.g. Adam's
+bias correction starts afresh. Gradient accumulation wraps the trained part in
 `optax.MultiSteps`; all durations stay in train steps.
 """
 
@@ -39,6 +42,11 @@ class Optimizer:
     table: list[dict[str, Any]]  # path, shape, group, lr multiplier, decay: one row per parameter
     regularizer: Callable[[Any], jax.Array] | None  # L1/L2 penalty added to the loss, if any
     trainable: Callable[[jax.Array], dict[str, jax.Array]]  # path -> 1.0 if it trains at step
+    every_k: int = 1  # gradient accumulation: parameters change every k train steps
+
+    def update_step(self, step: jax.Array) -> jax.Array:
+        """The train step the optimizer's schedules see at `step` (rounded down to an update)."""
+        return (step // self.every_k) * self.every_k if self.every_k > 1 else step
 
 
 def build_optimizer(config: Any, params: Any) -> Optimizer:
@@ -59,27 +67,67 @@ def build_optimizer(config: Any, params: Any) -> Optimizer:
         return {p: gates[p] * (static[p] > 0) for p in paths}
 
     schedule = build_schedule(opt, config.total_steps)
-    # Inside MultiSteps the inner chain counts updates, not train steps.
+    # Inside MultiSteps the chain counts updates, not train steps.
     to_train_step = (lambda count: count * every_k) if every_k > 1 else (lambda count: count)
-    inner = optax.chain(
-        _gate(trainable, to_train_step),
+    train = optax.chain(
+        _gate(trainable, to_train_step),  # frozen-for-now gradients are zero, even for clipping
         *_clipping(opt),
-        _scaling(opt),
-        _decoupled_decay(opt, resolved),
+        _per_start(opt, resolved, static, unfreeze, to_train_step),
         optax.scale_by_learning_rate(lambda count: schedule(to_train_step(count))),
-        _multipliers(static, groups, unfreeze, to_train_step),
+        _multipliers(static),
     )
-    labels = rules.tree_of(params, {p: FROZEN if static[p] == 0 else TRAIN for p in paths})
-    tx = optax.multi_transform({TRAIN: inner, FROZEN: optax.set_to_zero()}, labels)
     if every_k > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=every_k)
+        train = optax.MultiSteps(train, every_k_schedule=every_k).gradient_transformation()
+    labels = rules.tree_of(params, {p: FROZEN if static[p] == 0 else TRAIN for p in paths})
+    tx = optax.multi_transform({TRAIN: train, FROZEN: optax.set_to_zero()}, labels)
     return Optimizer(
         tx=tx,
         schedule=schedule,
         table=rules.table(params, resolved, static),
-        regularizer=_regularizer(config.regularization, params, resolved),
+        regularizer=_regularizer(config.regularization, params, resolved, static),
         trainable=trainable,
+        every_k=every_k,
     )
+
+
+def _per_start(opt, resolved, static, unfreeze, to_train_step) -> optax.GradientTransformation:
+    """The optimizer (and decoupled decay), one copy per unfreeze start.
+
+    A group that starts training at step s gets its own optimizer state, which stays at its
+    initial value until s: Adam's bias correction then starts afresh, as for a new optimizer,
+    instead of inheriting the step count of groups that trained all along.
+    """
+    start_of = dict.fromkeys(resolved, 0)
+    for start, group in unfreeze:
+        start_of.update({p: start for p, r in resolved.items() if r.group == group})
+    label = {p: f"{TRAIN}@{start_of[p]}" for p in resolved if static[p] > 0}
+
+    def branch(start: int) -> optax.GradientTransformation:
+        core = optax.chain(_scaling(opt), _decoupled_decay(opt, resolved))
+        return _delayed(core, start, to_train_step) if start else core
+
+    branches = {name: branch(int(name.split("@")[1])) for name in set(label.values())}
+    return optax.multi_transform(branches, lambda p: _by_path(p, label))
+
+
+def _delayed(inner, start: int, to_train_step) -> optax.GradientTransformation:
+    """`inner`, but passing zeros and keeping its state unchanged before train step `start`."""
+
+    def init(params: Any) -> dict:
+        return {"count": jnp.zeros((), jnp.int32), "inner": inner.init(params)}
+
+    def update(updates, state, params=None):
+        def run(_):
+            return inner.update(updates, state["inner"], params)
+
+        def wait(_):
+            return jax.tree.map(jnp.zeros_like, updates), state["inner"]
+
+        started = to_train_step(state["count"]) >= start
+        new_updates, inner_state = jax.lax.cond(started, run, wait, None)
+        return new_updates, {"count": state["count"] + 1, "inner": inner_state}
+
+    return optax.GradientTransformation(init, update)
 
 
 def _scaling(opt: Mapping[str, Any]) -> optax.GradientTransformation:
@@ -119,12 +167,14 @@ def _decoupled_decay(opt, resolved) -> optax.GradientTransformation:
     return optax.add_decayed_weights(opt["weight_decay"], mask=lambda p: _by_path(p, decay))
 
 
-def _regularizer(reg: Mapping[str, Any], params, resolved) -> Callable[[Any], jax.Array] | None:
-    """l1 * sum|w| + l2/2 * sum w^2 over the parameters whose rule says `decay`."""
+def _regularizer(
+    reg: Mapping[str, Any], params, resolved, static
+) -> Callable[[Any], jax.Array] | None:
+    """l1 * sum|w| + l2/2 * sum w^2 over the trained parameters whose rule says `decay`."""
     l1, l2 = reg["l1"], reg["l2"]
     if not (l1 or l2):
         return None
-    mask = rules.tree_of(params, {p: r.decay for p, r in resolved.items()})
+    mask = rules.tree_of(params, {p: r.decay and static[p] > 0 for p, r in resolved.items()})
 
     def penalty(p: Any) -> jax.Array:
         leaves = [w for w, m in zip(jax.tree.leaves(p), jax.tree.leaves(mask), strict=True) if m]
@@ -146,6 +196,15 @@ def _unfreeze_schedule(config: Any, groups: Mapping[str, str]) -> tuple[tuple[in
             f"unfreeze.groups has {len(names)} entries but unfreeze.at_steps/at_epochs has "
             f"{len(starts)}; give one start per group"
         )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"unfreeze.groups {names} names a group more than once")
+    if any(not 0 <= s < config.total_steps for s in starts):
+        raise ConfigError(
+            f"unfreeze.at_steps {starts}: every start must be in [0, {config.total_steps}) "
+            "(total_steps)"
+        )
+    if list(starts) != sorted(starts):
+        raise ConfigError(f"unfreeze.at_steps {starts} must be non-decreasing (groups in order)")
     unknown = sorted(set(names) - set(groups.values()))
     if unknown:
         raise ConfigError(
@@ -175,14 +234,9 @@ def _gate(trainable, to_train_step) -> optax.GradientTransformation:
     return _counted(lambda updates, count: _scale_by_path(updates, trainable(to_train_step(count))))
 
 
-def _multipliers(static, groups, unfreeze, to_train_step) -> optax.GradientTransformation:
-    """Scale each update by its rule x layer-decay multiplier and its unfreeze gate."""
-
-    def apply(updates, count):
-        gates = layer_decay.unfreeze_gates(groups, unfreeze, to_train_step(count))
-        return _scale_by_path(updates, {p: static[p] * gates[p] for p in static})
-
-    return _counted(apply)
+def _multipliers(static: Mapping[str, float]) -> optax.GradientTransformation:
+    """Scale each update by its rule x layer-decay multiplier."""
+    return optax.stateless(lambda updates, params=None: _scale_by_path(updates, static))
 
 
 def _path(key_path: tuple) -> str:

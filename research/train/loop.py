@@ -72,7 +72,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> RunResult:
             ckpt.wait()
             return RunResult(PREEMPTED, ckpt.latest_step() or 0, {})
         if monitor.stopped and start < run.total_steps:  # just stopped early: take the best
-            state = _restore_best(ctx)
+            state = _restore_best(ctx) or state
         return RunResult(COMPLETED, run.total_steps, _finish(ctx, state))
 
 
@@ -245,14 +245,16 @@ def _save(ctx: _Context, state: Any, step: int, metrics: dict | None) -> None:
         ctx.run.par.from_device(state),
         data_state=ctx.batches.get_state(),
         metrics=metrics,
-        metadata={"monitor": ctx.monitor.state},
+        metadata={"monitor": dict(ctx.monitor.state)},  # a copy: saves commit asynchronously
     )
 
 
 def _restore_best(ctx: _Context) -> Any:
-    """After early stopping: the best checkpoint's state becomes the final state."""
+    """After early stopping: the best checkpoint's state (None if no checkpoint has the metric)."""
     ctx.ckpt.wait()
     best = ctx.ckpt.best_step()
+    if best is None:  # no checkpoint recorded the metric yet: keep the current state
+        return None
     abstract = ctx.run.par.abstract_state(ctx.run.init_fn, jax.random.PRNGKey(0))
     state, _, _ = ctx.ckpt.restore(abstract, best)
     return ctx.run.par.to_device(state)

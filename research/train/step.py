@@ -90,7 +90,7 @@ def make_train_step(
             }
         batch_stats = mutated.get("batch_stats", state.batch_stats)
         if freeze_frozen_batch_norm and state.batch_stats:
-            trainable = optimizer.trainable(state.step)
+            trainable = optimizer.trainable(optimizer.update_step(state.step))
             batch_stats = keep_frozen_statistics(state.batch_stats, batch_stats, trainable)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(
@@ -113,7 +113,7 @@ def make_train_step(
 
 def _learning_rate(optimizer: Optimizer, state: TrainState) -> jax.Array:
     """The base learning rate of this step, times the reduce-on-plateau scale if any."""
-    lr = jnp.asarray(optimizer.schedule(state.step), jnp.float32)
+    lr = jnp.asarray(optimizer.schedule(optimizer.update_step(state.step)), jnp.float32)
     return lr * state.extras["lr_scale"] if "lr_scale" in state.extras else lr
 
 
