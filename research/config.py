@@ -48,6 +48,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.regularization = ml_collections.ConfigDict({"l1": 0.0, "l2": 0.0})  # penalties in the loss
     c.param_rules = rules.DEFAULT_RULES  # (regex, group, lr multiplier, decay), first match wins
     c.unfreeze = _unfreeze_defaults()
+    # EWC against forgetting in continual runs: after each task, the Fisher of its data (or,
+    # with mode l2sp, the identity) anchors the parameters with penalty 0.5 * weight * F d^2.
+    c.ewc = ml_collections.ConfigDict(
+        {
+            "weight": 0.0,  # 0: off
+            "mode": "ewc",  # ewc | l2sp
+            "gamma": 1.0,  # online EWC: F <- gamma * F_old + F_new
+            "fisher": "empirical",  # empirical | sampled (labels from the model)
+            "fisher_examples": 500,
+        }
+    )
     c.distill = ml_collections.ConfigDict(
         {
             "teacher": config_dict.placeholder(str),  # a finished run's workdir
@@ -253,6 +264,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "checkpoint.best_mode", ("min", "max"))
     _check_choice(config, "unfreeze.batch_norm", ("frozen", "update"))
     _check_choice(config, "mixup.method", ("none", "mixup", "cutmix"))
+    _check_choice(config, "ewc.mode", ("ewc", "l2sp"))
+    _check_choice(config, "ewc.fisher", ("empirical", "sampled"))
     for key in ("total_steps", "log_every_steps", "eval_batch_size", "checkpoint.keep"):
         if _get(config, key) <= 0:
             raise ConfigError(f"'{key}' must be positive, got {_get(config, key)}")

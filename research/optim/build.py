@@ -4,7 +4,8 @@ For each parameter the rule table (`param_rules`) gives a group, a learning-rate
 a weight-decay flag; layer-wise decay multiplies in, and progressive unfreezing says from which
 step a group trains. The chain, built from optax's own transformations, is:
 
-    gate (zero the gradients of parameters not training yet) -> clip by value -> clip by
+    [EWC penalty gradient, in continual runs] -> gate (zero the gradients of parameters not
+    training yet) -> clip by value -> clip by
     global norm -> [optimizer scaling -> decoupled weight decay (masked)], one copy per
     unfreeze start -> learning-rate schedule -> per-parameter multipliers
 
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from research.errors import ConfigError
-from research.optim import layer_decay, rules
+from research.optim import ewc, layer_decay, rules
 from research.optim.schedules import build_schedule
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "adadelta")
@@ -70,6 +71,7 @@ def build_optimizer(config: Any, params: Any) -> Optimizer:
     # Inside MultiSteps the chain counts updates, not train steps.
     to_train_step = (lambda count: count * every_k) if every_k > 1 else (lambda count: count)
     train = optax.chain(
+        *([ewc.ewc_regularizer(config.ewc.weight)] if config.ewc.weight else []),
         _gate(trainable, to_train_step),  # frozen-for-now gradients are zero, even for clipping
         *_clipping(opt),
         _per_start(opt, resolved, static, unfreeze, to_train_step),

@@ -6,13 +6,27 @@ from typing import Any
 from research.errors import ConfigError
 from research.tasks.base import Task
 from research.tasks.classification import BinaryClassificationTask, ClassificationTask
+from research.tasks.continual import PermutedClassificationTask
 
-__all__ = ["BinaryClassificationTask", "ClassificationTask", "TASKS", "Task", "get_task"]
+__all__ = [
+    "BinaryClassificationTask",
+    "ClassificationTask",
+    "PermutedClassificationTask",
+    "TASKS",
+    "Task",
+    "get_task",
+]
 
-TASKS = ("classification", "binary_classification")
+TASKS = ("classification", "binary_classification", "permuted_classification")
 
 
-def get_task(task_config: Mapping[str, Any], *, num_classes: int | None) -> Task:
+def get_task(
+    task_config: Mapping[str, Any],
+    *,
+    num_classes: int | None,
+    total_steps: int = 1,
+    input_size: int = 0,
+) -> Task:
     """Instantiate the task named by `task.name` with the dataset's facts it needs.
 
     The model is then built with `task.model_outputs` outputs (1 for binary_classification).
@@ -30,4 +44,16 @@ def get_task(task_config: Mapping[str, Any], *, num_classes: int | None) -> Task
                 f"got {num_classes}; use task.name='classification'"
             )
         return BinaryClassificationTask(**kwargs)
+    if name == "permuted_classification":
+        num_tasks = kwargs.get("num_tasks", 2)
+        if num_tasks < 1 or total_steps % num_tasks:
+            raise ConfigError(
+                f"task.num_tasks={num_tasks} must divide total_steps={total_steps} (equal stages)"
+            )
+        return PermutedClassificationTask(
+            num_classes=num_classes,
+            input_size=input_size,
+            steps_per_task=total_steps // num_tasks,
+            **kwargs,
+        )
     raise ConfigError(f"unknown task.name '{name}'; known: {', '.join(TASKS)}")

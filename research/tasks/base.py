@@ -25,6 +25,9 @@ class Task(Protocol):
     def transform(self) -> Callable[[dict], dict]:
         """The per-record transform from a dataset record to what `inputs`/`loss` read."""
 
+    def prepare(self, batch: dict, step: jax.Array) -> dict:
+        """Inside the train step: add what the step's stage implies (e.g. a task id)."""
+
     def inputs(self, batch: dict[str, jax.Array]) -> Any:
         """What the model is called on."""
 

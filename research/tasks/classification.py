@@ -35,6 +35,11 @@ class ClassificationTask:
         """Images scaled to [0, 1] float32 and int32 labels."""
         return data.make_transform()
 
+    def prepare(self, batch: dict, step: jax.Array) -> dict:
+        """Inside the train step, before anything else: nothing to add for plain classification."""
+        del step
+        return batch
+
     def inputs(self, batch: dict[str, jax.Array]) -> jax.Array:
         """The model input."""
         return batch["image"]

@@ -11,10 +11,13 @@ from research.analysis import plots
 from research.train.setup import Run
 
 
-def evaluate(run: Run, state: Any, prefix: str) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def evaluate(
+    run: Run, state: Any, prefix: str, *, task_id: int | None = None
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """One padded pass over the split reported as `prefix` (eval | test): metrics and raw sums.
 
-    The task's masked sums are added up on device and fetched once at the end.
+    The task's masked sums are added up on device and fetched once at the end. `task_id`
+    evaluates one task of a continual run.
     """
     sums = None
     for batch in data.eval_batches(
@@ -24,6 +27,8 @@ def evaluate(run: Run, state: Any, prefix: str) -> tuple[dict[str, float], dict[
         process_count=jax.process_count(),
         transform=run.transform,
     ):
+        if task_id is not None:
+            batch = run.task.with_task(batch, task_id)
         out = run.eval_step(state, run.par.put_batch(batch))
         sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
     sums = run.par.to_host(sums)

@@ -21,7 +21,7 @@ from research.checkpoint import Checkpointer, load_state
 from research.manifest import build_manifest
 from research.optim import rules
 from research.tracking import Progress, Tracker, read_metrics, resolve_wandb_mode
-from research.train import evaluation
+from research.train import continual, evaluation
 from research.train.hooks import Monitor, Preemption, check_finite, every
 from research.train.setup import Run, build_run
 from research.train.workdir import check_workdir, write_run_files
@@ -204,9 +204,14 @@ def _after_step(ctx: _Context, state: Any, metrics: dict, step: int) -> Any:
         check_finite(host, step)  # before any save: a checkpoint never holds a diverged state
     eval_metrics = None
     if every(c.eval_every_steps, step) and step < run.total_steps:
-        eval_metrics = evaluation.evaluate(run, state, "eval")[0]
+        task = continual.current_task(run, step)
+        eval_metrics = evaluation.evaluate(run, state, "eval", task_id=task)[0]
         state = _watch(ctx, state, step, eval_metrics)
         ctx.tracker.log(step, eval_metrics)
+    if continual.at_boundary(run, step):  # a task's stage ends: evaluate all, consolidate
+        ctx.tracker.log(step, continual.stage_report(run, state))
+        if step < run.total_steps:
+            state = continual.consolidate(run, state, continual.current_task(run, step))
     if ckpt_now and step < run.total_steps:
         _save(ctx, state, step, eval_metrics)
     return state
@@ -263,8 +268,9 @@ def _restore_best(ctx: _Context) -> Any:
 def _finish(ctx: _Context, state: Any) -> dict:
     """Final eval and test passes, the last checkpoint, summary.json and plots."""
     run, step = ctx.run, ctx.run.total_steps
-    eval_metrics, _ = evaluation.evaluate(run, state, "eval")
-    test_metrics, test_sums = evaluation.evaluate(run, state, "test")
+    task = continual.current_task(run, step)
+    eval_metrics, _ = evaluation.evaluate(run, state, "eval", task_id=task)
+    test_metrics, test_sums = evaluation.evaluate(run, state, "test", task_id=task)
     if ctx.ckpt.latest_step() != step:
         _save(ctx, state, step, eval_metrics)
     # Only process 0 writes metrics.jsonl, so only it reads the file back (other hosts may not
@@ -278,6 +284,9 @@ def _finish(ctx: _Context, state: Any) -> dict:
         rows, step, eval_metrics, test_metrics, c.best_metric, c.best_mode
     )
     summary.update({f"test/{k}": v for k, v in run.task.summary(test_sums).items()})
+    if continual.is_continual(run) and _is_main():
+        for prefix in ("eval", "test"):
+            summary[f"{prefix}/accuracy_matrix"] = continual.accuracy_matrix(rows, run, prefix)
     if ctx.monitor.stopped:
         summary["early_stopping/reason"] = ctx.monitor.stopped
         summary["early_stopping/final_step"] = int(run.par.to_host(state.step))

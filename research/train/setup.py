@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 
 from research import config as cfg
 from research import data
@@ -66,7 +67,13 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
     par = Parallel.create(config.parallel.mode, config.parallel.num_devices)
     cfg.check_batch_divides(config, par.num_devices)
     _check_init_from(config.init_from)
-    task = get_task(config.task, num_classes=info.num_classes)
+    sample = data.make_transform()(sources["train"][0])
+    task = get_task(
+        config.task,
+        num_classes=info.num_classes,
+        total_steps=config.total_steps,
+        input_size=int(np.prod(sample["image"].shape)),
+    )
     model = get_model(config.model, num_classes=task.model_outputs, bn_axis_name=par.axis_name)
     transform = task.transform()
     sample = transform(sources["train"][0])

@@ -51,6 +51,7 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = jax.random.fold_in(state.rng, state.step)
+        batch = task.prepare(batch, state.step)
         if batch_mixer is not None:  # before the per-device fold: jit and pmap mix alike
             batch = batch_mixer(rng, batch)
         if axis_name is not None:  # independent dropout masks per device shard
