@@ -1,1 +1,1 @@
-"""Analysis of finished runs: plots now; tables and scaling-law fits come with the sweep tools."""
+"""Analysis of finished runs: collecting workdirs, tables over seeds, scaling-law fits, plots."""

@@ -1,0 +1,92 @@
+"""Tables, learning curves and scaling-law fits for every run under a directory.
+
+    python launch/report.py DIR [--metric=test/accuracy ...] [--scaling=params|data|compute]
+
+Writes DIR/report/report.{md,csv,tex} (mean, std and 95% Student-t interval over seeds per group
+of swept config keys), DIR/report/curves_<metric>.png, and with --scaling DIR/report/
+scaling_<axis>.png, printing the fitted exponent with its bootstrap interval.
+Exit codes: 0 done; 2 user error (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from research.errors import EXIT_OK, EXIT_USER_ERROR, UserError
+
+SCALING_METRIC = "test/loss"  # a power law with an offset describes a loss, not an accuracy
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as a UserError (one line, exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"bad command line: {message}")
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = _Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("dir", type=Path, help="directory holding runs (searched recursively)")
+    parser.add_argument(
+        "--metric",
+        action="append",
+        help="summary metric to tabulate (repeatable; default: every numeric one); the first "
+        f"is also the scaling metric (default {SCALING_METRIC})",
+    )
+    parser.add_argument("--scaling", choices=("params", "data", "compute"), help="fit a power law")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    return parser.parse_args(argv)
+
+
+def _scaling(args: argparse.Namespace, runs: list, outdir: Path) -> list[Path]:
+    """Fits and plots the power law, prints the exponent with its bootstrap interval."""
+    from research.analysis import scaling  # noqa: PLC0415 (after parsing)
+
+    metric = args.metric[0] if args.metric else SCALING_METRIC
+    fit = scaling.scaling_report(
+        runs, args.scaling, metric, outdir, n_boot=args.bootstrap, seed=args.seed
+    )
+    low, high = fit.intervals["alpha"]
+    print(
+        f"{metric} ~ {fit.a:.4g} * {args.scaling}^-alpha + {fit.c:.4g}: "
+        f"alpha = {fit.alpha:.4f} (95% CI [{low:.4f}, {high:.4f}])"
+    )
+    return [outdir / f"scaling_{args.scaling}.png"]
+
+
+def report(args: argparse.Namespace) -> None:
+    """Collect, tabulate, plot and (optionally) fit; prints where everything went."""
+    from research.analysis import collect, tables  # noqa: PLC0415 (after parsing)
+
+    runs = collect.collect(args.dir)
+    keys = collect.swept_keys(runs)
+    groups = collect.group_runs(runs, keys)
+    metrics = args.metric or collect.numeric_metrics(runs)
+    outdir = args.dir / collect.REPORT_DIR
+    print(f"{len(runs)} runs in {len(groups)} groups (swept: {', '.join(keys) or 'nothing'})")
+    # The fit goes first: a sweep that cannot be fitted is an error before anything is written.
+    written = _scaling(args, runs, outdir) if args.scaling else []
+    rows = tables.aggregate(groups, metrics)
+    written += tables.write_tables(rows, keys, metrics, outdir)
+    for metric in collect.curve_metrics(runs):
+        path = collect.plot_curves(groups, keys, metric, collect.curves_path(outdir, metric))
+        written += [path] if path else []
+    for path in written:
+        print(f"wrote {path}")
+
+
+def main(argv: list[str]) -> int:
+    """Runs the report; a user error is one line on stderr and exit code 2."""
+    try:
+        report(_parse(argv))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", EXIT_USER_ERROR)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

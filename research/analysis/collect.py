@@ -1,0 +1,189 @@
+"""Collect finished runs from a directory tree and group them by what the sweep varied.
+
+A run is any directory holding both `config.json` and `summary.json` (at any depth), so a sweep
+laid out as `DIR/width=64/seed=1/` and one laid out flat are read the same way. Runs are grouped
+by their swept keys: the config keys whose values differ between runs, minus `seed` (seeds are
+what we average over) and the runtime keys that do not change the computation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
+
+from research import config as config_lib
+from research import tracking
+from research.errors import WorkdirError
+
+CONFIG_FILE = "config.json"
+REPORT_DIR = "report"
+# Keys that never define a group: seeds are averaged over; the rest say how a run executed.
+EXCLUDED_KEYS = ("seed",) + config_lib.RUNTIME_KEYS
+# Curves plotted by default when present: the ones people look at first.
+DEFAULT_CURVES = ("eval/accuracy", "eval/loss", "train/loss", "train/accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One finished run: its workdir, flattened config, summary and metric records."""
+
+    path: Path
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]]
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dicts as one level of dotted keys (`model.width`), the form overrides use."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """Every directory under `root` (itself included) with config.json and summary.json, sorted."""
+    root = Path(root)
+    found = {
+        path.parent
+        for path in root.rglob(CONFIG_FILE)
+        if (path.parent / tracking.SUMMARY_FILE).is_file()
+    }
+    # Our own output directory never holds runs; skipping it keeps reruns of the report stable.
+    return sorted(p for p in found if REPORT_DIR not in p.relative_to(root).parts)
+
+
+def load_run(path: str | Path) -> Run:
+    """Reads one run's config, summary and metrics; a file that is not JSON is a WorkdirError."""
+    path = Path(path)
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text())
+        summary = json.loads((path / tracking.SUMMARY_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise WorkdirError(f"{path}: cannot read run files: {e}") from None
+    return Run(path, flatten(config), summary, tracking.read_metrics(path))
+
+
+def collect(root: str | Path) -> list[Run]:
+    """All runs under `root`; a directory without any is a user error (wrong path, unfinished)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise WorkdirError(f"{root}: no such directory")
+    paths = find_runs(root)
+    if not paths:
+        raise WorkdirError(
+            f"{root}: no runs found (a run is a directory with {CONFIG_FILE} and "
+            f"{tracking.SUMMARY_FILE}; is the sweep finished?)"
+        )
+    return [load_run(p) for p in paths]
+
+
+def _excluded(key: str) -> bool:
+    return any(key == k or key.startswith(f"{k}.") for k in EXCLUDED_KEYS)
+
+
+def _hashable(value: Any) -> str:
+    # Lists (tuples in the config) are not hashable; their JSON text compares the same way.
+    return json.dumps(value, sort_keys=True)
+
+
+def swept_keys(runs: Sequence[Run]) -> list[str]:
+    """Config keys whose values differ between runs (a key missing in some runs counts as
+    differing), excluding seeds and runtime keys; sorted so tables have a stable column order."""
+    keys = set().union(*(run.config for run in runs))
+    swept = []
+    for key in sorted(keys):
+        values = {_hashable(run.config.get(key)) for run in runs}
+        if len(values) > 1 and not _excluded(key):
+            swept.append(key)
+    return swept
+
+
+def group_runs(runs: Iterable[Run], keys: Sequence[str]) -> dict[tuple, list[Run]]:
+    """Runs grouped by their values of `keys`, groups in sorted order of those values."""
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[tuple(run.config.get(k) for k in keys)].append(run)
+    return dict(sorted(groups.items(), key=lambda item: _hashable(item[0])))
+
+
+def is_number(value: Any) -> bool:
+    """A finite-or-not real scalar (bools are flags, not metrics)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def numeric_metrics(runs: Iterable[Run]) -> list[str]:
+    """Summary keys `<split>/<name>` holding a number in some run; step counters left out."""
+    names = {
+        key
+        for run in runs
+        for key, value in run.summary.items()
+        if "/" in key and is_number(value) and not key.endswith("/step")
+    }
+    return sorted(names)
+
+
+def group_label(keys: Sequence[str], values: Sequence[Any]) -> str:
+    """`model.width=64, lr=0.1` (or `all runs` when nothing was swept), for legends."""
+    return ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True)) or "all runs"
+
+
+def mean_curve(runs: Iterable[Run], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Steps and the mean over runs (seeds) of `metric` at each step any run logged it."""
+    by_step: dict[int, list[float]] = defaultdict(list)
+    for run in runs:
+        for record in run.metrics:
+            value = record.get(metric)
+            if is_number(value) and "step" in record and math.isfinite(value):
+                by_step[int(record["step"])].append(float(value))
+    steps = sorted(by_step)
+    return np.asarray(steps), np.asarray([np.mean(by_step[s]) for s in steps])
+
+
+def curve_metrics(runs: Sequence[Run], wanted: Sequence[str] = DEFAULT_CURVES) -> list[str]:
+    """The metrics in `wanted` that at least one run logged in metrics.jsonl."""
+    logged = {key for run in runs for record in run.metrics for key in record}
+    return [m for m in wanted if m in logged]
+
+
+def plot_curves(
+    groups: Mapping[tuple, Sequence[Run]], keys: Sequence[str], metric: str, path: Path
+) -> Path | None:
+    """One line per group: the seed-mean of `metric` against the step. None if nothing logged."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    drawn = 0
+    for values, runs in groups.items():
+        steps, means = mean_curve(runs, metric)
+        if steps.size:
+            marker = "o" if steps.size < 20 else None
+            label = f"{group_label(keys, values)} (n={len(runs)})"
+            ax.plot(steps, means, marker=marker, label=label)
+            drawn += 1
+    if not drawn:
+        return None
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric}, mean over seeds")
+    ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def curves_path(outdir: Path, metric: str) -> Path:
+    """`<outdir>/curves_eval_accuracy.png` for `eval/accuracy`: one file per metric."""
+    return outdir / f"curves_{metric.replace('/', '_')}.png"

@@ -1,0 +1,130 @@
+"""launch/report.py and research.analysis.{collect,tables}: seed statistics per swept group,
+checked against hand computation on hand-made workdirs, and the no-runs error."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from research.analysis import collect, tables
+
+REPO = Path(__file__).resolve().parents[1]
+# 2 widths x 3 seeds; accuracies chosen so the statistics are easy to compute by hand.
+ACCURACY = {16: (0.80, 0.82, 0.84), 32: (0.90, 0.91, 0.95)}
+# Student t quantile 0.975 with 2 degrees of freedom, closed form for df=2: (2p-1)/sqrt(2p(1-p)).
+T_975_2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # = 4.3027
+
+
+def _write_run(path: Path, width: int, seed: int, accuracy: float) -> None:
+    """A finished run as train.py leaves it (only the files the report reads)."""
+    path.mkdir(parents=True)
+    config = {
+        "seed": seed,
+        "batch_size": 32,
+        "total_steps": 20,
+        "model": {"name": "cnn", "width": width},
+        "tracking": {"wandb_mode": "disabled", "project": f"p{seed}"},  # runtime: never a group
+        "data": {"name": "digits", "data_dir": f"/scratch/{seed}"},  # data_dir is runtime too
+    }
+    (path / "config.json").write_text(json.dumps(config))
+    summary = {"step": 20, "best/step": 10, "test/accuracy": accuracy, "test/loss": 1 - accuracy}
+    (path / "summary.json").write_text(json.dumps(summary))
+    records = [
+        {"step": s, "train/loss": (1 - accuracy) * 10 / s, "eval/accuracy": accuracy * s / 20}
+        for s in (10, 20)
+    ]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """Runs at different depths (`w16/s0`, `w32/nested/s1`), as sweeps lay them out."""
+    for width, accs in ACCURACY.items():
+        for seed, acc in enumerate(accs):
+            depth = "nested/" if seed == 1 else ""
+            _write_run(tmp_path / f"w{width}" / f"{depth}s{seed}", width, seed, acc)
+    (tmp_path / "w16" / "not_a_run").mkdir()  # config.json missing: ignored
+    return tmp_path
+
+
+def _hand_stats(values: tuple[float, ...]) -> tuple[float, float, float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = T_975_2 * std / math.sqrt(n)
+    return mean, std, mean - half, mean + half
+
+
+def test_groups_by_swept_key_only(sweep: Path) -> None:
+    runs = collect.collect(sweep)
+    assert len(runs) == 6
+    assert collect.swept_keys(runs) == ["model.width"]
+    groups = collect.group_runs(runs, ["model.width"])
+    assert list(groups) == [(16,), (32,)]
+    assert collect.numeric_metrics(runs) == ["test/accuracy", "test/loss"]
+
+
+def test_statistics_match_hand_computation(sweep: Path) -> None:
+    runs = collect.collect(sweep)
+    rows = tables.aggregate(collect.group_runs(runs, ["model.width"]), ["test/accuracy"])
+    for row, width in zip(rows, (16, 32), strict=True):
+        s = row.stats["test/accuracy"]
+        assert (row.values, row.n, s.n) == ((width,), 3, 3)
+        expected = _hand_stats(ACCURACY[width])
+        assert (s.mean, s.std, s.low, s.high) == pytest.approx(expected, rel=1e-12)
+    # width 16: mean 0.82, std 0.02 exactly
+    assert rows[0].stats["test/accuracy"].std == pytest.approx(0.02, rel=1e-12)
+
+
+def test_single_seed_has_no_interval() -> None:
+    s = tables.summarize([0.5])
+    assert s.n == 1 and s.mean == 0.5
+    assert math.isnan(s.std) and math.isnan(s.low) and math.isnan(s.high)
+
+
+def _run_report(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "launch" / "report.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_report_writes_tables_and_curves(sweep: Path) -> None:
+    result = _run_report(str(sweep), "--metric=test/accuracy")
+    assert result.returncode == 0, result.stderr
+    out = sweep / "report"
+    m16, s16, lo16, hi16 = _hand_stats(ACCURACY[16])
+    m32, s32, lo32, hi32 = _hand_stats(ACCURACY[32])
+    md = (out / "report.md").read_text()
+    assert "| model.width | n | test/accuracy |" in md
+    assert f"| 16 | 3 | {m16:.4f} ± {s16:.4f} [{lo16:.4f}, {hi16:.4f}] |" in md
+    assert f"| 32 | 3 | {m32:.4f} ± {s32:.4f} [{lo32:.4f}, {hi32:.4f}] |" in md
+    tex = (out / "report.tex").read_text()
+    assert "model.width & n & test/accuracy" in tex.replace("\\_", "_")
+    assert f"16 & 3 & ${m16:.4f} \\pm {s16:.4f} [{lo16:.4f}, {hi16:.4f}]$ \\\\" in tex
+    with (out / "report.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["model.width"] for r in rows] == ["16", "32"]
+    got = [float(rows[1][f"test/accuracy/{k}"]) for k in ("mean", "std", "ci_low", "ci_high")]
+    assert got == pytest.approx([m32, s32, lo32, hi32], rel=1e-12)
+    for metric in ("eval_accuracy", "train_loss"):
+        assert (out / f"curves_{metric}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mean_curve_averages_seeds(sweep: Path) -> None:
+    runs = collect.group_runs(collect.collect(sweep), ["model.width"])[(16,)]
+    steps, means = collect.mean_curve(runs, "train/loss")
+    assert steps.tolist() == [10, 20]
+    assert means.tolist() == pytest.approx([(0.2 + 0.18 + 0.16) / 3, (0.2 + 0.18 + 0.16) / 6])
+
+
+def test_no_runs_is_one_line_exit_2(tmp_path: Path) -> None:
+    result = _run_report(str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "no runs found" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "report").exists()
