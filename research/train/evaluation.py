@@ -68,3 +68,29 @@ def plot(run: Run, rows: list[dict], test_sums: dict, directory: Path) -> list[P
     figures.append(plots.gradient_norms(rows, directory / "gradient_norms.png"))
     figures += run.task.plots(test_sums, directory, "test")
     return [f for f in figures if f is not None]
+
+
+def compute_cost(run: Run) -> dict[str, float]:
+    """Parameter count and (under jit) XLA's FLOP count of one compiled train step.
+
+    The step is lowered on abstract inputs (shapes and shardings only), so nothing is run, no
+    batch is drawn from the data iterator, and no executable is compiled.
+    """
+    cost = {"params/count": float(sum(np.prod(row["shape"]) for row in run.optimizer.table))}
+    if run.par.mode != "jit":
+        return cost
+    state = run.par.abstract_state(run.init_fn, jax.random.PRNGKey(0))
+    sample = run.transform(run.sources["train"][0])
+    size = run.config.batch_size
+    batch = {
+        k: jax.ShapeDtypeStruct(
+            (size, *np.shape(v)), np.asarray(v).dtype, sharding=run.par.batch_sharding
+        )
+        for k, v in sample.items()
+    }
+    analysis = run.train_step.lower(state, batch).cost_analysis()
+    if isinstance(analysis, list):  # older JAX: one dict per computation
+        analysis = analysis[0]
+    if analysis and "flops" in analysis:
+        cost["compute/flops_per_step"] = float(analysis["flops"])
+    return cost

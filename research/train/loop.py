@@ -284,6 +284,7 @@ def _finish(ctx: _Context, state: Any) -> dict:
         rows, step, eval_metrics, test_metrics, c.best_metric, c.best_mode
     )
     summary.update({f"test/{k}": v for k, v in run.task.summary(test_sums).items()})
+    summary.update(evaluation.compute_cost(run))
     if continual.is_continual(run) and _is_main():
         for prefix in ("eval", "test"):
             summary[f"{prefix}/accuracy_matrix"] = continual.accuracy_matrix(rows, run, prefix)
