@@ -115,8 +115,20 @@ def group_runs(runs: Iterable[Run], keys: Sequence[str]) -> dict[tuple, list[Run
     """Runs grouped by their values of `keys`, groups in sorted order of those values."""
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
-        groups[tuple(run.config.get(k) for k in keys)].append(run)
-    return dict(sorted(groups.items(), key=lambda item: _hashable(item[0])))
+        groups[tuple(_freeze(run.config.get(k)) for k in keys)].append(run)
+    try:  # numbers and tuples of numbers sort by value (width 4 before 16)
+        return dict(sorted(groups.items(), key=lambda item: item[0]))
+    except TypeError:  # mixed types (e.g. None and a number): fall back to their JSON text
+        return dict(sorted(groups.items(), key=lambda item: _hashable(item[0])))
+
+
+def _freeze(value: Any) -> Any:
+    """Lists (tuples in a config) as tuples, so they can key a group and print as tuples."""
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    return value
 
 
 def is_number(value: Any) -> bool:

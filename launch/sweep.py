@@ -1,0 +1,178 @@
+"""Launch every run of a config's `get_sweep(arg)`, skipping finished runs and resuming others.
+
+    python launch/sweep.py --config=configs/X.py[:arg] --workdir=DIR --backend=local|slurm|tpu \\
+        [--parallel=N] [--dry-run]
+
+Each run trains into DIR/<run name> (a name made from its overrides); DIR/sweep.json records the
+command, base config, overrides, git state and package versions. Backends: `local` runs N
+train.py processes at a time (logs in DIR/<run>/log.txt); `slurm` submits one job array through
+submitit (`pip install -e '.[cluster]'`); `tpu` runs each run on every worker of a TPU VM through
+`gcloud compute tpus tpu-vm ssh`. `--dry-run` prints what would run and writes nothing.
+
+Exit codes: 0 every run finished (or was submitted); 2 user error; 75 some runs were preempted
+(rerun the same command to resume them); 1 some runs failed.
+"""
+
+import copy
+import pathlib
+import shlex
+import sys
+
+from absl import flags
+
+from research import config as config_lib
+from research import sweep as sweep_lib
+from research.errors import EXIT_OK, EXIT_PREEMPTED, UserError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", None, "Config file with a get_sweep(arg): `path.py[:arg]`.")
+flags.DEFINE_string("workdir", None, "Sweep directory; each run goes to DIR/<run name>.")
+flags.DEFINE_enum("backend", "local", ["local", "slurm", "tpu"], "Where the runs execute.")
+flags.DEFINE_integer("parallel", 1, "Runs at a time (local processes / SLURM array slots).")
+flags.DEFINE_bool("dry_run", False, "Print the plan and the commands; run and write nothing.")
+flags.DEFINE_string("name", None, "Sweep name (W&B group, SLURM job name); default: DIR's name.")
+flags.DEFINE_string("partition", None, "slurm: partition.")
+flags.DEFINE_integer("nodes", 1, "slurm: nodes per run.")
+flags.DEFINE_integer("gpus_per_node", 1, "slurm: GPUs per node (one task per GPU).")
+flags.DEFINE_integer("cpus_per_task", 8, "slurm: CPU cores per task.")
+flags.DEFINE_integer("timeout_min", 240, "slurm: time limit per run, in minutes.")
+flags.DEFINE_string("tpu_name", None, "tpu: name of the TPU VM (or pod slice).")
+flags.DEFINE_string("zone", None, "tpu: its zone, e.g. us-central2-b.")
+flags.DEFINE_string("remote_repo", "~/research", "tpu: the checkout of this repo on the workers.")
+
+
+def _parse(argv: list[str]) -> None:
+    """Parse flags (`--dry-run` is accepted for `--dry_run`); bad flags are user errors."""
+    argv = [
+        a.replace("--dry-run", "--dry_run", 1) if a.startswith("--dry-run") else a for a in argv
+    ]
+    try:
+        FLAGS(argv)
+    except flags.Error as e:
+        raise UserError(f"bad command line: {str(e).splitlines()[0]}") from None
+    if not FLAGS.config or not FLAGS.workdir:
+        raise UserError("both --config=configs/X.py[:arg] and --workdir=DIR are required")
+    if FLAGS.backend == "tpu" and not (FLAGS.tpu_name and FLAGS.zone):
+        raise UserError("--backend=tpu needs --tpu_name and --zone")
+
+
+def _load(workdir: str) -> tuple:
+    """Base config and planned runs; every run's overrides are checked against the config now,
+    so a typo fails before anything is launched."""
+    path, arg = sweep_lib.parse_config_flag(FLAGS.config)
+    base = config_lib.load_config_file(path, arg)
+    runs = sweep_lib.plan(workdir, sweep_lib.load_sweep(path, arg))
+    for run in runs:
+        config_lib.apply_overrides(copy.deepcopy(base), run.overrides)
+    return base, runs
+
+
+def _commands(base, runs: list, sweep_name: str) -> list[tuple]:
+    """(run, argv) for every run that is not finished yet."""
+    commands = []
+    for run in runs:
+        if run.status == sweep_lib.FINISHED:
+            continue
+        extra = sweep_lib.tracking_overrides(base, sweep_name, run.overrides)
+        python = sys.executable
+        if FLAGS.backend == "tpu":
+            extra["parallel.distributed"] = True  # every worker of the pod joins one job
+            python = "python"  # the workers' interpreter, not this machine's path
+        commands.append((run, sweep_lib.train_argv(FLAGS.config, run, extra, python=python)))
+    return commands
+
+
+def _print_table(runs: list, statuses: dict[str, str]) -> None:
+    """One line per run: name, status, workdir."""
+    width = max(len(run.name) for run in runs)
+    print(f"{'run':<{width}}  {'status':<12}  workdir")
+    for run in runs:
+        print(f"{run.name:<{width}}  {statuses.get(run.name, run.status):<12}  {run.workdir}")
+
+
+def _dispatch(commands: list[tuple], sweep_name: str, workdir: pathlib.Path) -> dict[str, str]:
+    """Print (dry run) or execute the commands on the chosen backend; returns run -> status."""
+    if not commands:
+        return {}
+    if FLAGS.backend == "slurm":
+        return _slurm(commands, sweep_name, workdir)
+    if FLAGS.backend == "tpu":
+        tpu = [(run, sweep_lib.tpu_command(argv, **_tpu_kwargs())) for run, argv in commands]
+        if FLAGS.dry_run:
+            return _print_commands(tpu)
+        # One TPU slice runs one job at a time: the runs go one after another.
+        return sweep_lib.run_local(tpu, parallel=1, on_done=_report)
+    if FLAGS.dry_run:
+        return _print_commands(commands)
+    return sweep_lib.run_local(commands, parallel=FLAGS.parallel, on_done=_report)
+
+
+def _slurm(commands: list[tuple], sweep_name: str, workdir: pathlib.Path) -> dict[str, str]:
+    """Print the job array's parameters, then print (dry run) or submit its commands."""
+    params = sweep_lib.slurm_parameters(
+        name=sweep_name,
+        num_runs=len(commands),
+        parallel=FLAGS.parallel,
+        gpus_per_node=FLAGS.gpus_per_node,
+        nodes=FLAGS.nodes,
+        partition=FLAGS.partition,
+        timeout_min=FLAGS.timeout_min,
+        cpus_per_task=FLAGS.cpus_per_task,
+    )
+    print("submitit parameters:", params)
+    print("\n".join(sweep_lib.sbatch_lines(params, len(commands))))
+    if FLAGS.dry_run:
+        return _print_commands(commands)
+    jobs = sweep_lib.submit_slurm(commands, params, workdir / "slurm")
+    return {run.name: f"job {job.job_id}" for (run, _), job in zip(commands, jobs, strict=True)}
+
+
+def _tpu_kwargs() -> dict:
+    """The tpu backend's flags, as `tpu_command` keywords."""
+    return {"tpu_name": FLAGS.tpu_name, "zone": FLAGS.zone, "repo_dir": FLAGS.remote_repo}
+
+
+def _print_commands(commands: list[tuple]) -> dict[str, str]:
+    """Dry run: each command as a copy-pasteable shell line."""
+    for _, argv in commands:
+        print(shlex.join(argv))
+    return {}
+
+
+def _report(run, status: str) -> None:
+    print(f"{run.name}: {status}", flush=True)
+
+
+def _exit_code(statuses: dict[str, str]) -> int:
+    """0 if nothing failed, 75 if the only trouble was preemption, 1 otherwise."""
+    bad = {s for s in statuses.values() if s not in ("done", "preempted") and "job" not in s}
+    if bad:
+        return 1
+    return EXIT_PREEMPTED if "preempted" in statuses.values() else EXIT_OK
+
+
+def main(argv: list[str]) -> int:
+    """Plan the sweep, write its manifest, launch the unfinished runs, print their statuses."""
+    try:
+        _parse(argv)
+        workdir = pathlib.Path(FLAGS.workdir)
+        sweep_name = FLAGS.name or workdir.resolve().name
+        base, runs = _load(FLAGS.workdir)  # the string: gs://... must keep its "//"
+        commands = _commands(base, runs, sweep_name)
+        if FLAGS.backend == "slurm" and not FLAGS.dry_run:
+            sweep_lib.import_submitit()  # fail before anything is written
+        if not FLAGS.dry_run:
+            manifest = sweep_lib.build_sweep_manifest(
+                argv=argv, config=FLAGS.config, base=base, runs=runs
+            )
+            sweep_lib.write_sweep_manifest(workdir, manifest)
+        statuses = _dispatch(commands, sweep_name, workdir)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    _print_table(runs, statuses)
+    return _exit_code(statuses)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
