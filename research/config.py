@@ -102,6 +102,10 @@ def _data_defaults() -> ml_collections.ConfigDict:
             "eval_split": "validation",
             "test_split": "test",
             "in_memory": True,  # load small splits into RAM once; set False for large datasets
+            # k-fold cross-validation: with num_folds = k > 0, fold `fold` of the train split is
+            # the eval split and the other k-1 folds are trained on (sweep over data.fold).
+            "num_folds": 0,
+            "fold": 0,
         }
     )
 

@@ -128,3 +128,18 @@ def test_no_runs_is_one_line_exit_2(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1 and "no runs found" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "report").exists()
+
+
+def test_tuple_valued_keys_group_and_sort_by_value(tmp_path: Path) -> None:
+    # Configs store tuples (hidden_sizes) as JSON lists; groups must still form and sort by size.
+    for width in (128, 4, 16):
+        for seed in (0, 1):
+            _write_run(tmp_path / f"w{width}s{seed}", width, seed, 0.5)
+            config_path = tmp_path / f"w{width}s{seed}" / "config.json"
+            config = json.loads(config_path.read_text())
+            config["model"]["width"] = [width]
+            config_path.write_text(json.dumps(config))
+    runs = collect.collect(tmp_path)
+    groups = collect.group_runs(runs, collect.swept_keys(runs))
+    assert list(groups) == [((4,),), ((16,),), ((128,),)]
+    assert [len(g) for g in groups.values()] == [2, 2, 2]

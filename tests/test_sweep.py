@@ -316,3 +316,30 @@ def test_run_local_reports_exit_codes_and_logs(tmp_path):
     }
     assert sorted(seen) == sorted(statuses)
     assert (tmp_path / "seed-75" / "log.txt").read_text() == "run seed-75\n"
+
+
+def test_kfold_splits_partition_the_train_split(tmp_path):
+    import numpy as np
+
+    from research import data
+    from research.config import base_config
+    from research.train.setup import split_names
+
+    info = data.dataset_info("digits", str(tmp_path))
+    d = base_config().data
+    d.num_folds = 5
+    seen, sizes = [], []
+    for fold in range(5):
+        d.fold = fold
+        names = split_names(d, info.splits)
+        held = data.open_source("digits", names["eval"], str(tmp_path), in_memory=True)
+        rest = data.open_source("digits", names["train"], str(tmp_path), in_memory=True)
+        assert len(held) + len(rest) == info.splits["train"]
+        sizes.append(len(held))
+        seen.append(held.arrays["image"].reshape(len(held), -1))
+    everything = data.open_source("digits", "train", str(tmp_path), in_memory=True)
+    # The held-out folds, in order, are exactly the train split: each example once.
+    np.testing.assert_array_equal(
+        np.concatenate(seen), everything.arrays["image"].reshape(len(everything), -1)
+    )
+    assert max(sizes) - min(sizes) <= 1

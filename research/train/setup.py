@@ -59,9 +59,9 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
     info = data.dataset_info(config.data.name, config.data.data_dir)
     sources = {
         prefix: data.open_source(
-            info.name, config.data[key], config.data.data_dir, in_memory=config.data.in_memory
+            info.name, split, config.data.data_dir, in_memory=config.data.in_memory
         )
-        for prefix, key in SPLIT_KEYS.items()
+        for prefix, split in split_names(config.data, info.splits).items()
     }
     config = cfg.resolve(config, num_train_examples=len(sources["train"]))
     par = Parallel.create(config.parallel.mode, config.parallel.num_devices)
@@ -115,6 +115,25 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
         train_step=par.compile_train_step(train_step),
         eval_step=par.compile_eval_step(eval_step),
     )
+
+
+def split_names(d: Any, sizes: dict[str, int]) -> dict[str, str]:
+    """The TFDS split strings read as train/eval/test; with k folds, fold `fold` of the train
+    split (contiguous, by index) is evaluated on and the other folds are trained on."""
+    names = {prefix: d[key] for prefix, key in SPLIT_KEYS.items()}
+    k, fold, train = d.num_folds, d.fold, d.train_split
+    if not k:
+        return names
+    if not 0 <= fold < k or k < 2:
+        raise ConfigError(f"data.fold={fold} must be in [0, data.num_folds={k}) with k >= 2")
+    if train not in sizes:
+        raise ConfigError(
+            f"data.num_folds needs data.train_split to name a whole split, got '{train}'"
+        )
+    n = sizes[train]
+    lo, hi = round(fold * n / k), round((fold + 1) * n / k)
+    rest = [f"{train}[:{lo}]" if lo else "", f"{train}[{hi}:]" if hi < n else ""]
+    return {**names, "train": "+".join(r for r in rest if r), "eval": f"{train}[{lo}:{hi}]"}
 
 
 def _batch_mixer(config: Any, task: Task, par: Parallel) -> Callable | None:
