@@ -30,6 +30,7 @@ flags.DEFINE_string("workdir", None, "Sweep directory; each run goes to DIR/<run
 flags.DEFINE_enum("backend", "local", ["local", "slurm", "tpu"], "Where the runs execute.")
 flags.DEFINE_integer("parallel", 1, "Runs at a time (local processes / SLURM array slots).")
 flags.DEFINE_bool("dry_run", False, "Print the plan and the commands; run and write nothing.")
+flags.DEFINE_list("devices", [], "local: GPU ids (e.g. 0,1,2,3); one run per GPU at a time.")
 flags.DEFINE_string("name", None, "Sweep name (W&B group, SLURM job name); default: DIR's name.")
 flags.DEFINE_string("partition", None, "slurm: partition.")
 flags.DEFINE_integer("nodes", 1, "slurm: nodes per run.")
@@ -78,6 +79,8 @@ def _commands(base, runs: list, sweep_name: str) -> list[tuple]:
         if FLAGS.backend == "tpu":
             extra["parallel.distributed"] = True  # every worker of the pod joins one job
             python = "python"  # the workers' interpreter, not this machine's path
+        if FLAGS.backend == "slurm" and FLAGS.nodes * FLAGS.gpus_per_node > 1:
+            extra["parallel.distributed"] = True  # one process per GPU; jax reads SLURM's env
         commands.append((run, sweep_lib.train_argv(FLAGS.config, run, extra, python=python)))
     return commands
 
@@ -104,7 +107,9 @@ def _dispatch(commands: list[tuple], sweep_name: str, workdir: pathlib.Path) -> 
         return sweep_lib.run_local(tpu, parallel=1, on_done=_report)
     if FLAGS.dry_run:
         return _print_commands(commands)
-    return sweep_lib.run_local(commands, parallel=FLAGS.parallel, on_done=_report)
+    return sweep_lib.run_local(
+        commands, parallel=FLAGS.parallel, on_done=_report, devices=FLAGS.devices
+    )
 
 
 def _slurm(commands: list[tuple], sweep_name: str, workdir: pathlib.Path) -> dict[str, str]:

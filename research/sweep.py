@@ -21,6 +21,7 @@ import json
 import math
 import os
 import pathlib
+import queue
 import random
 import re
 import shlex
@@ -376,24 +377,47 @@ def exit_status(code: int) -> str:
     }.get(code, f"failed ({code})")
 
 
-def _run_one(argv: Sequence[str], workdir: str | os.PathLike) -> int:
-    """Run one command from the repo root, appending its stdout and stderr to workdir/log.txt."""
+def _run_one(
+    argv: Sequence[str], workdir: str | os.PathLike, devices: queue.Queue | None = None
+) -> int:
+    """Run one command from the repo root, appending its stdout and stderr to workdir/log.txt.
+
+    With `devices`, the run takes one free device id for its lifetime and sees only that GPU
+    (CUDA_VISIBLE_DEVICES), so N runs share N GPUs one each.
+    """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    with open(workdir / "log.txt", "a", encoding="utf-8") as log:
-        return subprocess.run(argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+    device = devices.get() if devices is not None else None
+    env = dict(os.environ) if device is None else {**os.environ, "CUDA_VISIBLE_DEVICES": device}
+    try:
+        with open(workdir / "log.txt", "a", encoding="utf-8") as log:
+            return subprocess.run(
+                argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
+            ).returncode
+    finally:
+        if device is not None:
+            devices.put(device)
 
 
 def run_local(
     commands: Sequence[tuple[Run, list[str]]],
     parallel: int = 1,
     on_done: Callable[[Run, str], None] | None = None,
+    devices: Sequence[str] = (),
 ) -> dict[str, str]:
-    """Run the commands `parallel` at a time; returns run name -> status word."""
+    """Run the commands `parallel` at a time (one per device when `devices` are given: then as
+    many at a time as there are devices); returns run name -> status word."""
     statuses: dict[str, str] = {}
+    pool_devices = None
+    if devices:
+        parallel, pool_devices = len(devices), queue.Queue()
+        for device in devices:
+            pool_devices.put(str(device))
     # Threads suffice: each one only waits on its own child process.
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        futures = {pool.submit(_run_one, argv, run.workdir): run for run, argv in commands}
+        futures = {
+            pool.submit(_run_one, argv, run.workdir, pool_devices): run for run, argv in commands
+        }
         for future in concurrent.futures.as_completed(futures):
             run = futures[future]
             statuses[run.name] = exit_status(future.result())

@@ -237,6 +237,7 @@ def test_slurm_dry_run_prints_parameters_and_commands(tmp_path):
     ]
     assert "--config.optimizer.name=sgd" in sgd and "--config.tracking.group=opt" in sgd
     assert "--config.tracking.tags=('sweep:opt',)" in sgd
+    assert "--config.parallel.distributed=True" in sgd  # 4 processes per run join one job
     assert not (tmp_path / "opt").exists()  # a dry run writes nothing
 
 
@@ -343,3 +344,23 @@ def test_kfold_splits_partition_the_train_split(tmp_path):
         np.concatenate(seen), everything.arrays["image"].reshape(len(everything), -1)
     )
     assert max(sizes) - min(sizes) <= 1
+
+
+def test_local_runs_get_one_gpu_each(tmp_path):
+    # Each fake run records the GPU it was given and how many runs held one at that moment.
+    script = (
+        "import os, pathlib, time; d = os.environ['CUDA_VISIBLE_DEVICES']; "
+        "lock = pathlib.Path(os.environ['LOCKS']) / d; assert not lock.exists(); "
+        "lock.touch(); time.sleep(0.3); lock.unlink(); print('gpu', d)"
+    )
+    (tmp_path / "locks").mkdir()
+    os.environ["LOCKS"] = str(tmp_path / "locks")
+    try:
+        runs = [sweep.Run(f"r{i}", {}, str(tmp_path / f"r{i}"), sweep.PENDING) for i in range(5)]
+        commands = [(run, [sys.executable, "-c", script]) for run in runs]
+        statuses = sweep.run_local(commands, devices=["0", "1"])
+    finally:
+        del os.environ["LOCKS"]
+    assert set(statuses.values()) == {"done"}
+    used = [(tmp_path / f"r{i}" / "log.txt").read_text().split()[-1] for i in range(5)]
+    assert set(used) <= {"0", "1"} and len(set(used)) == 2
