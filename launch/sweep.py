@@ -21,6 +21,7 @@ import sys
 from absl import flags
 
 from research import config as config_lib
+from research import search as search_lib
 from research import sweep as sweep_lib
 from research.errors import EXIT_OK, EXIT_PREEMPTED, UserError
 
@@ -31,6 +32,11 @@ flags.DEFINE_enum("backend", "local", ["local", "slurm", "tpu"], "Where the runs
 flags.DEFINE_integer("parallel", 1, "Runs at a time (local processes / SLURM array slots).")
 flags.DEFINE_bool("dry_run", False, "Print the plan and the commands; run and write nothing.")
 flags.DEFINE_list("devices", [], "local: GPU ids (e.g. 0,1,2,3); one run per GPU at a time.")
+flags.DEFINE_enum("search", "grid", ["grid", "optuna"], "grid: get_sweep(); optuna: Bayesian.")
+flags.DEFINE_integer("trials", 20, "optuna: finished trials to reach.")
+flags.DEFINE_string("objective", "eval/accuracy", "optuna: the summary.json key to optimise.")
+flags.DEFINE_enum("direction", "maximize", ["maximize", "minimize"], "optuna: direction.")
+flags.DEFINE_integer("study_seed", 0, "optuna: seed of the TPE sampler.")
 flags.DEFINE_string("name", None, "Sweep name (W&B group, SLURM job name); default: DIR's name.")
 flags.DEFINE_string("partition", None, "slurm: partition.")
 flags.DEFINE_integer("nodes", 1, "slurm: nodes per run.")
@@ -156,10 +162,41 @@ def _exit_code(statuses: dict[str, str]) -> int:
     return EXIT_PREEMPTED if "preempted" in statuses.values() else EXIT_OK
 
 
+def _optuna(sweep_name: str, workdir: pathlib.Path) -> int:
+    """Bayesian search: optuna asks, each trial trains locally like a sweep run, summary tells."""
+    if FLAGS.backend != "local" or FLAGS.dry_run:
+        raise UserError("--search=optuna runs with --backend=local and without --dry-run")
+    path, arg = sweep_lib.parse_config_flag(FLAGS.config)
+    base = config_lib.load_config_file(path, arg)
+    space = search_lib.load_search_space(path, arg)
+
+    def launch(run) -> str:
+        config_lib.apply_overrides(copy.deepcopy(base), run.overrides)  # typos fail here
+        extra = sweep_lib.tracking_overrides(base, sweep_name, run.overrides)
+        argv = sweep_lib.train_argv(FLAGS.config, run, extra, python=sys.executable)
+        return sweep_lib.run_local([(run, argv)], devices=FLAGS.devices[:1])[run.name]
+
+    study = search_lib.run_study(
+        workdir,
+        space,
+        trials=FLAGS.trials,
+        objective=FLAGS.objective,
+        direction=FLAGS.direction,
+        seed=FLAGS.study_seed,
+        launch=launch,
+    )
+    print(f"best trial {study.best_trial.number}: {FLAGS.objective}={study.best_value:.4f}")
+    print("best overrides:", study.best_params)
+    return EXIT_OK
+
+
 def main(argv: list[str]) -> int:
     """Plan the sweep, write its manifest, launch the unfinished runs, print their statuses."""
     try:
         _parse(argv)
+        if FLAGS.search == "optuna":
+            workdir = pathlib.Path(FLAGS.workdir)
+            return _optuna(FLAGS.name or workdir.resolve().name, workdir)
         workdir = pathlib.Path(FLAGS.workdir)
         sweep_name = FLAGS.name or workdir.resolve().name
         base, runs = _load(FLAGS.workdir)  # the string: gs://... must keep its "//"

@@ -64,3 +64,11 @@ def get_sweep(arg: str | None = None) -> list[dict]:
         }
         for name, lr in LEARNING_RATES.items()
     ]
+
+
+def get_search_space(arg: str | None = None) -> dict[str, tuple]:
+    """For `launch/sweep.py --search=optuna`: the optimizer and its learning rate."""
+    return {
+        "optimizer.name": ("categorical", ["sgd", "momentum", "adam", "rmsprop"]),
+        "optimizer.learning_rate": ("float", 1e-4, 0.3, "log"),
+    }
