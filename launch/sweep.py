@@ -20,6 +20,7 @@ import sys
 
 from absl import flags
 
+from research import backends
 from research import config as config_lib
 from research import search as search_lib
 from research import sweep as sweep_lib
@@ -106,21 +107,21 @@ def _dispatch(commands: list[tuple], sweep_name: str, workdir: pathlib.Path) -> 
     if FLAGS.backend == "slurm":
         return _slurm(commands, sweep_name, workdir)
     if FLAGS.backend == "tpu":
-        tpu = [(run, sweep_lib.tpu_command(argv, **_tpu_kwargs())) for run, argv in commands]
+        tpu = [(run, backends.tpu_command(argv, **_tpu_kwargs())) for run, argv in commands]
         if FLAGS.dry_run:
             return _print_commands(tpu)
         # One TPU slice runs one job at a time: the runs go one after another.
-        return sweep_lib.run_local(tpu, parallel=1, on_done=_report)
+        return backends.run_local(tpu, parallel=1, on_done=_report)
     if FLAGS.dry_run:
         return _print_commands(commands)
-    return sweep_lib.run_local(
+    return backends.run_local(
         commands, parallel=FLAGS.parallel, on_done=_report, devices=FLAGS.devices
     )
 
 
 def _slurm(commands: list[tuple], sweep_name: str, workdir: pathlib.Path) -> dict[str, str]:
     """Print the job array's parameters, then print (dry run) or submit its commands."""
-    params = sweep_lib.slurm_parameters(
+    params = backends.slurm_parameters(
         name=sweep_name,
         num_runs=len(commands),
         parallel=FLAGS.parallel,
@@ -131,10 +132,10 @@ def _slurm(commands: list[tuple], sweep_name: str, workdir: pathlib.Path) -> dic
         cpus_per_task=FLAGS.cpus_per_task,
     )
     print("submitit parameters:", params)
-    print("\n".join(sweep_lib.sbatch_lines(params, len(commands))))
+    print("\n".join(backends.sbatch_lines(params, len(commands))))
     if FLAGS.dry_run:
         return _print_commands(commands)
-    jobs = sweep_lib.submit_slurm(commands, params, workdir / "slurm")
+    jobs = backends.submit_slurm(commands, params, workdir / "slurm")
     return {run.name: f"job {job.job_id}" for (run, _), job in zip(commands, jobs, strict=True)}
 
 
@@ -174,7 +175,7 @@ def _optuna(sweep_name: str, workdir: pathlib.Path) -> int:
         config_lib.apply_overrides(copy.deepcopy(base), run.overrides)  # typos fail here
         extra = sweep_lib.tracking_overrides(base, sweep_name, run.overrides)
         argv = sweep_lib.train_argv(FLAGS.config, run, extra, python=sys.executable)
-        return sweep_lib.run_local([(run, argv)], devices=FLAGS.devices[:1])[run.name]
+        return backends.run_local([(run, argv)], devices=FLAGS.devices[:1])[run.name]
 
     study = search_lib.run_study(
         workdir,
@@ -202,7 +203,7 @@ def main(argv: list[str]) -> int:
         base, runs = _load(FLAGS.workdir)  # the string: gs://... must keep its "//"
         commands = _commands(base, runs, sweep_name)
         if FLAGS.backend == "slurm" and not FLAGS.dry_run:
-            sweep_lib.import_submitit()  # fail before anything is written
+            backends.import_submitit()  # fail before anything is written
         if not FLAGS.dry_run:
             manifest = sweep_lib.build_sweep_manifest(
                 argv=argv, config=FLAGS.config, base=base, runs=runs

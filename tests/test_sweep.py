@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from research import backends, sweep
 from research import config as config_lib
-from research import sweep
 from research.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -308,7 +308,7 @@ def test_run_local_reports_exit_codes_and_logs(tmp_path):
         for run, code in zip(runs, (0, 3, 75, 2), strict=True)
     ]
     seen = []
-    statuses = sweep.run_local(commands, parallel=2, on_done=lambda r, s: seen.append(r.name))
+    statuses = backends.run_local(commands, parallel=2, on_done=lambda r, s: seen.append(r.name))
     assert statuses == {
         "seed-0": "done",
         "seed-3": "diverged",
@@ -358,7 +358,7 @@ def test_local_runs_get_one_gpu_each(tmp_path):
     try:
         runs = [sweep.Run(f"r{i}", {}, str(tmp_path / f"r{i}"), sweep.PENDING) for i in range(5)]
         commands = [(run, [sys.executable, "-c", script]) for run in runs]
-        statuses = sweep.run_local(commands, devices=["0", "1"])
+        statuses = backends.run_local(commands, devices=["0", "1"])
     finally:
         del os.environ["LOCKS"]
     assert set(statuses.values()) == {"done"}
