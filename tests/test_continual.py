@@ -6,13 +6,10 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_loop import _train_losses
+from test_loop import _in_process, _train_losses
 
-from research import config as cfg
 from research.errors import ConfigError
 from research.tasks import PermutedClassificationTask, get_task
-from research.tracking import Tracker
-from research.train import loop
 
 CONFIG = Path(__file__).parents[1] / "configs" / "continual" / "permuted_digits.py"
 
@@ -44,27 +41,11 @@ def test_stages_must_divide_the_run():
 
 
 def _run(workdir, data_dir, monkeypatch, sigterm_at=None, **overrides):
-    config = cfg.load_config_file(CONFIG)
     small = {"total_steps": 40, "eval_every_steps": 10, "checkpoint.every_steps": 10}
-    small |= {"log_every_steps": 1, "ewc.fisher_examples": 64}
-    cfg.apply_overrides(
-        config, {"data.data_dir": data_dir, "tracking.progress": False, **small, **overrides}
+    small |= {"log_every_steps": 1, "ewc.fisher_examples": 64, "tracking.progress": False}
+    return _in_process(
+        workdir, data_dir, {**small, **overrides}, monkeypatch, sigterm_at, config_path=CONFIG
     )
-    if sigterm_at is None:
-        return loop.train_and_evaluate(config, workdir)
-    import os
-    import signal
-
-    log = Tracker.log
-
-    def log_then_sigterm(self, step, metrics):
-        log(self, step, metrics)
-        if step == sigterm_at and "train/loss" in metrics:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    with monkeypatch.context() as m:
-        m.setattr(Tracker, "log", log_then_sigterm)
-        return loop.train_and_evaluate(config, workdir)
 
 
 @pytest.mark.slow

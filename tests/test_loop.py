@@ -240,8 +240,9 @@ def test_steps_compile_once_also_after_restore(tmp_path, data_dir, monkeypatch):
         assert run.eval_step._cache_size() == 1
 
 
-def _in_process(workdir, data_dir, overrides, monkeypatch, sigterm_at=None):
-    config = cfg.load_config_file(SMOKE)
+def _in_process(workdir, data_dir, overrides, monkeypatch, sigterm_at=None, config_path=SMOKE):
+    """Train in this process; with `sigterm_at`, SIGTERM arrives right after that step's log."""
+    config = cfg.load_config_file(config_path)
     cfg.apply_overrides(config, {"data.data_dir": data_dir, **overrides})
     if sigterm_at is None:
         return loop.train_and_evaluate(config, workdir)
