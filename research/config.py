@@ -188,17 +188,23 @@ def _tracking_defaults() -> ml_collections.ConfigDict:
     )
 
 
-def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
-    """Import a config file and call its `get_config(arg)`; the result is locked."""
+def config_function(path: str | Path, name: str, hint: str = "") -> Any:
+    """The function `name` (get_config, get_sweep, get_search_space) of a config file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"{path} defines no get_config(arg=None)")
-    config = module.get_config(arg) if arg is not None else module.get_config()
+    if not hasattr(module, name):
+        raise ConfigError(f"{path} defines no {name}(arg=None){hint}")
+    return getattr(module, name)
+
+
+def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
+    """Import a config file and call its `get_config(arg)`; the result is locked."""
+    get_config = config_function(path, "get_config")
+    config = get_config(arg) if arg is not None else get_config()
     config.lock()
     return config
 

@@ -11,12 +11,12 @@ left running by a killed search is resumed in its workdir, and only the missing 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from research.config import config_function
 from research.errors import ConfigError
 from research.sweep import PENDING, Run, run_name
 
@@ -35,12 +35,8 @@ def import_optuna() -> Any:
 
 def load_search_space(config_path: str | pathlib.Path, arg: str | None) -> dict[str, tuple]:
     """The config file's `get_search_space(arg)`, checked."""
-    spec = importlib.util.spec_from_file_location("_search_config", config_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_search_space"):
-        raise ConfigError(f"{config_path} defines no get_search_space(arg) for --search=optuna")
-    space = module.get_search_space(arg) if arg is not None else module.get_search_space()
+    get_space = config_function(config_path, "get_search_space", " for --search=optuna")
+    space = get_space(arg) if arg is not None else get_space()
     for key, dim in space.items():
         if not dim or dim[0] not in SPACE_KINDS:
             raise ConfigError(f"search space '{key}': {dim!r} must start with one of {SPACE_KINDS}")

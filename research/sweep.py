@@ -14,7 +14,6 @@ import ast
 import dataclasses
 import datetime
 import hashlib
-import importlib.util
 import itertools
 import json
 import math
@@ -230,14 +229,8 @@ def parse_config_flag(config: str) -> tuple[pathlib.Path, str | None]:
 def load_sweep(config_path: str | os.PathLike, arg: str | None = None) -> list[Overrides]:
     """Call the config file's `get_sweep(arg)`; ConfigError if it has none or returns no dicts."""
     path = pathlib.Path(config_path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    spec = importlib.util.spec_from_file_location(f"_sweep_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_sweep"):
-        raise ConfigError(f"{path} defines no get_sweep(arg=None); add one to sweep it")
-    sweep = module.get_sweep(arg)
+    get_sweep = config_lib.config_function(path, "get_sweep", "; add one to sweep it")
+    sweep = get_sweep(arg)
     if not isinstance(sweep, list) or not all(isinstance(o, Mapping) for o in sweep):
         raise ConfigError(f"{path}: get_sweep must return a list of override dicts")
     return [dict(o) for o in sweep]

@@ -241,15 +241,13 @@ def _multipliers(static: Mapping[str, float]) -> optax.GradientTransformation:
     return optax.stateless(lambda updates, params=None: _scale_by_path(updates, static))
 
 
-def _path(key_path: tuple) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in key_path)
-
-
 def _by_path(tree: Any, values: Mapping[str, Any]) -> Any:
     """`values[path]` at every leaf of `tree`. Inside `multi_transform` the frozen leaves are
     `MaskedNode`s, which have no leaves, so only the trained parameters are visited."""
-    return jax.tree_util.tree_map_with_path(lambda kp, _: values[_path(kp)], tree)
+    return jax.tree_util.tree_map_with_path(lambda kp, _: values[rules.key_path_str(kp)], tree)
 
 
 def _scale_by_path(updates: Any, factors: Mapping[str, Any]) -> Any:
-    return jax.tree_util.tree_map_with_path(lambda kp, u: u * factors[_path(kp)], updates)
+    return jax.tree_util.tree_map_with_path(
+        lambda kp, u: u * factors[rules.key_path_str(kp)], updates
+    )

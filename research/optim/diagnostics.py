@@ -14,16 +14,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-
-def _path(key_path: tuple) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in key_path)
+from research.optim.rules import key_path_str
 
 
 def _squares_by(tree: Any, name_of: Mapping[str, str]) -> dict[str, jax.Array]:
     """Sum of squares of the leaves of `tree`, grouped by `name_of[path]`."""
     sums: dict[str, jax.Array] = {}
     for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        name = name_of[_path(key_path)]
+        name = name_of[key_path_str(key_path)]
         sums[name] = sums.get(name, 0.0) + jnp.sum(jnp.square(leaf.astype(jnp.float32)))
     return sums
 

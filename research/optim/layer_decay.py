@@ -16,6 +16,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from research.optim.rules import key_path_str
+
 INPUT_MODULES = ("stem", "embed", "embedding", "input")
 OUTPUT_MODULES = ("head", "classifier", "output")
 _INDEX = re.compile(r"[A-Za-z_]+?(\d+)$")
@@ -89,7 +91,7 @@ def keep_frozen_statistics(old: Any, new: Any, trainable: Mapping[str, jnp.ndarr
         return jnp.max(jnp.stack(gates)) if gates else jnp.float32(1.0)
 
     def pick(key_path: tuple, o: jnp.ndarray, n: jnp.ndarray) -> jnp.ndarray:
-        module = "/".join(str(getattr(k, "key", k)) for k in key_path[:-1])
+        module = key_path_str(key_path[:-1])
         return jnp.where(module_gate(module) > 0, n, o)
 
     return jax.tree_util.tree_map_with_path(pick, old, new)

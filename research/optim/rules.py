@@ -34,6 +34,11 @@ class Rule:
     decay: bool
 
 
+def key_path_str(key_path: tuple) -> str:
+    """A jax key path (dict keys, dataclass fields, indices) as an `a/b/c` parameter path."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in key_path)
+
+
 def param_paths(params: Any) -> list[str]:
     """The `a/b/c` path of every parameter leaf, in flattening order."""
     return ["/".join(map(str, k)) for k in flax.traverse_util.flatten_dict(_plain(params))]
