@@ -30,6 +30,10 @@ class WorkdirError(UserError):
     """A workdir that cannot be used (it holds another run's config, or is unwritable)."""
 
 
+class WeightsError(UserError):
+    """A pretrained-weights file that is missing, unreadable or does not fit the model."""
+
+
 class DivergedError(Exception):
     """Training produced a non-finite loss; the last good checkpoint is kept. Exit code 3."""
 

@@ -7,3 +7,4 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["KERAS_BACKEND"] = "jax"  # the Keras porting tests build keras.applications on JAX
