@@ -24,6 +24,17 @@ from research.optim import rules
 PARALLEL_MODES = ("jit", "pmap")
 # Keys that say how a run executes, not what it computes: a workdir may be resumed with other
 # values (e.g. a run preempted on 8 devices continues on 1).
+TRANSFER_STRATEGIES = (
+    "none",
+    "scratch",
+    "linear_probe",
+    "finetune",
+    "partial",
+    "progressive",
+    "llrd",
+    "l2sp",
+    "ewc",
+)
 RUNTIME_KEYS = ("parallel", "tracking", "data.data_dir", "data.in_memory", "checkpoint.async_save")
 
 
@@ -79,6 +90,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.early_stopping = ml_collections.ConfigDict(
         {"patience": config_dict.placeholder(int), "min_delta": 0.0}
     )
+    c.transfer = _transfer_defaults()
+    c.evaluation = _evaluation_defaults()
     c.checkpoint = _checkpoint_defaults()
     c.parallel = ml_collections.ConfigDict(
         {
@@ -106,6 +119,58 @@ def _data_defaults() -> ml_collections.ConfigDict:
             # the eval split and the other k-1 folds are trained on (sweep over data.fold).
             "num_folds": 0,
             "fold": 0,
+            # Label subsets for transfer studies: keep only these classes (relabelled 0..k-1 in
+            # the given order) and, on the train split, only the first n examples per class in a
+            # seeded shuffle (data.subset_seed), so k-shot sets are nested as n grows.
+            "classes": config_dict.placeholder(tuple),
+            "train_examples_per_class": config_dict.placeholder(int),
+            "subset_seed": 0,
+            # Images: resize every split to image_size x image_size (variable-size datasets such
+            # as caltech101 need it); `preprocess` "SOURCE:ARCH" (e.g. "keras:vgg16") applies a
+            # ported model's input preprocessing to 0-255 pixels instead of scaling to [0, 1].
+            "image_size": config_dict.placeholder(int),
+            "preprocess": config_dict.placeholder(str),
+            "augment": ml_collections.ConfigDict(
+                {
+                    "flip": False,  # random horizontal flips
+                    "crop_padding": 0,  # pad by this many pixels, random crop back (shifts)
+                    # random-resized crop: area fraction drawn from [min_scale, 1] (1.0: off)
+                    "min_scale": 1.0,
+                }
+            ),
+        }
+    )
+
+
+def _transfer_defaults() -> ml_collections.ConfigDict:
+    # How a run starts from `init_from` (a ported checkpoint or another run); see
+    # research/train/transfer.py. "none" leaves init_from, param_rules and unfreeze as given.
+    return ml_collections.ConfigDict(
+        {
+            # none | scratch | linear_probe | finetune | partial | progressive | llrd | l2sp | ewc
+            "strategy": "none",
+            "head": "head",  # top-level module(s) re-initialised for the new classes (regex)
+            "replace_head": True,
+            "batch_norm": "frozen",  # frozen (use and keep the source statistics) | update
+            "blocks": 1,  # partial: train the last `blocks` blocks (and everything above them)
+            # progressive: one more block (from the top) unfreezes every this many steps
+            "unfreeze_every_steps": config_dict.placeholder(int),
+            "unfreeze_every_epochs": config_dict.placeholder(float),
+            "layer_decay": 0.75,  # llrd
+            "weight": 0.01,  # l2sp / ewc penalty weight (0.5 * weight * F * (w - w_source)^2)
+            "cache_features": True,  # linear_probe: backbone features computed once
+        }
+    )
+
+
+def _evaluation_defaults() -> ml_collections.ConfigDict:
+    # Artifacts of the final test pass for image classifiers (research/train/artifacts.py).
+    return ml_collections.ConfigDict(
+        {
+            "artifacts": True,
+            "embedding_examples": 1000,  # PCA / t-SNE of pre_logits features
+            "gradcam_examples": 8,
+            "gradcam_layer": config_dict.placeholder(str),  # None -> the last stage{s} module
         }
     )
 
@@ -276,6 +341,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "mixup.method", ("none", "mixup", "cutmix"))
     _check_choice(config, "ewc.mode", ("ewc", "l2sp"))
     _check_choice(config, "ewc.fisher", ("empirical", "sampled"))
+    _check_choice(config, "transfer.batch_norm", ("frozen", "update"))
+    _check_choice(config, "transfer.strategy", TRANSFER_STRATEGIES)
     for key in ("total_steps", "log_every_steps", "eval_batch_size", "checkpoint.keep"):
         if _get(config, key) <= 0:
             raise ConfigError(f"'{key}' must be positive, got {_get(config, key)}")
