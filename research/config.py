@@ -413,6 +413,28 @@ def to_json(config: ml_collections.ConfigDict | ml_collections.FrozenConfigDict)
     return json.dumps(_plain(config), indent=2, sort_keys=True)
 
 
+def from_json(config_json: str) -> ml_collections.ConfigDict:
+    """A dumped (resolved) config as a ConfigDict that `resolve` accepts again.
+
+    Lists become tuples again, and each `<name>_epochs` whose `<name>_steps` was derived from
+    it is dropped to None (the steps are kept), so resolving does not see both set.
+    """
+
+    def restore(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: restore(v) for k, v in node.items()}
+            for key in node:
+                steps = f"{key[: -len('_epochs')]}_steps"
+                if key.endswith("_epochs") and out.get(steps) is not None:
+                    out[key] = None
+            return out
+        if isinstance(node, list):
+            return tuple(restore(v) for v in node)
+        return node
+
+    return ml_collections.ConfigDict(restore(json.loads(config_json)))
+
+
 def identity(config_json: str) -> dict:
     """The parts of a dumped config that define the computation (all but RUNTIME_KEYS)."""
     tree = json.loads(config_json)

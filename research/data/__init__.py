@@ -4,6 +4,7 @@ Importing this package registers our offline TFDS builders ("digits", "xor") wit
 """
 
 from research.data import builders as _builders  # noqa: F401  (registers the offline builders)
+from research.data.images import make_augment, make_image_transform
 from research.data.pipeline import eval_batches, train_iterator
 from research.data.sources import (
     OFFLINE_BUILDERS,
@@ -13,6 +14,7 @@ from research.data.sources import (
     open_source,
     resolve_data_dir,
 )
+from research.data.subsets import select
 from research.data.transforms import make_transform
 
 __all__ = [
@@ -21,8 +23,11 @@ __all__ = [
     "DatasetInfo",
     "dataset_info",
     "eval_batches",
+    "make_augment",
+    "make_image_transform",
     "make_transform",
     "open_source",
     "resolve_data_dir",
+    "select",
     "train_iterator",
 ]

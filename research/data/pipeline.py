@@ -19,6 +19,7 @@ from research.errors import DataError
 
 Record = dict[str, Any]
 Transform = Callable[[Record], Record]
+Augment = Callable[[Record, np.random.Generator], Record]
 
 
 def train_iterator(
@@ -29,6 +30,7 @@ def train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     transform: Transform | None = None,
+    augment: Augment | None = None,
     num_threads: int | None = None,
     prefetch: int = 4,
 ) -> grain.DatasetIterator:
@@ -37,7 +39,9 @@ def train_iterator(
     The stream is `grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)`: shuffled
     with `seed`, reshuffled differently every epoch, repeated forever. Global batch k is stream
     elements [k*B, (k+1)*B); process p gets the p-th contiguous chunk of B / process_count of it,
-    so the union over processes does not depend on the process count. `get_state()` is a
+    so the union over processes does not depend on the process count. `augment(record, rng)`
+    runs after `transform` with a generator seeded by (seed, stream position), so augmented
+    batches, too, depend only on (seed, step). `get_state()` is a
     JSON-serialisable dict; `set_state()` on a fresh iterator resumes exactly.
     `num_threads=None` picks 0 (synchronous) for an `ArraySource`, else min(4, cores) threads;
     `prefetch` is the number of batches read ahead when threads are used.
@@ -54,6 +58,8 @@ def train_iterator(
             size=size,
             source=source,
             transform=transform,
+            augment=augment,
+            seed=seed,
         )
     )
     return _iterate(batches, source, num_threads, prefetch)
@@ -113,12 +119,20 @@ def _checked_len(source: Sequence[Record]) -> int:
 
 
 def _train_batch(
-    step: int, *, stream, global_batch_size, offset, size, source, transform
+    step: int, *, stream, global_batch_size, offset, size, source, transform, augment, seed
 ) -> Record:
     """Read this process's chunk of global training batch `step`."""
     first = step * global_batch_size + offset
     indices = np.fromiter((stream[i] for i in range(first, first + size)), np.int64, size)
-    return _read_batch(source, indices, transform)
+    if augment is None:
+        return _read_batch(source, indices, transform)
+    records = _read_records(source, indices, transform)
+    positions = range(first, first + size)
+    records = [
+        augment(r, np.random.default_rng([seed, p]))
+        for r, p in zip(records, positions, strict=True)
+    ]
+    return _stack(records)
 
 
 def _eval_batch(
@@ -134,15 +148,24 @@ def _eval_batch(
 
 def _read_batch(source: Sequence[Record], indices: np.ndarray, transform) -> Record:
     """Read, transform and stack the records at `indices` into one dict of arrays."""
+    if isinstance(source, ArraySource) and transform is None:
+        return source.take(indices)
+    return _stack(_read_records(source, indices, transform))
+
+
+def _read_records(source: Sequence[Record], indices: np.ndarray, transform) -> list[Record]:
+    """The transformed records at `indices`."""
     if isinstance(source, ArraySource):
-        if transform is None:
-            return source.take(indices)
         records = source.__getitems__(indices)
     else:
         # Per-record reads: measured faster than ArrayRecord's __getitems__ for small records.
         records = [source[int(i)] for i in indices]
     if transform is not None:
         records = [transform(record) for record in records]
+    return records
+
+
+def _stack(records: list[Record]) -> Record:
     return {key: np.stack([record[key] for record in records]) for key in records[0]}
 
 

@@ -16,13 +16,15 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import tqdm_utils
 
+from research.data import folder
 from research.data.builders.digits import Digits
+from research.data.builders.digits_canvas import DigitsCanvas
 from research.data.builders.xor import Xor
 from research.errors import DataError
 
 # Builders whose data ships with installed packages or is generated; built on first use, offline.
 OFFLINE_BUILDERS: Mapping[str, type[tfds.core.DatasetBuilder]] = types.MappingProxyType(
-    {"digits": Digits, "xor": Xor}
+    {"digits": Digits, "digits_canvas": DigitsCanvas, "xor": Xor}
 )
 
 _RANDOM_ACCESS_FORMATS = (tfds.core.FileFormat.ARRAY_RECORD,)
@@ -88,8 +90,16 @@ def resolve_data_dir(data_dir: str | None) -> str:
 def dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
     """Describe dataset `name` (splits, classes, features), building it if it is offline-only.
 
-    `name` may carry a config or version as in TFDS ("name/config", "name:1.0.0").
+    `name` may carry a config or version as in TFDS ("name/config", "name:1.0.0"), or be
+    "folder:ROOT" for a folder of ROOT/<split>/<class>/ images (research.data.folder).
     """
+    if folder.is_folder(name):
+        return DatasetInfo(
+            name=name,
+            splits=folder.split_sizes(name),
+            num_classes=len(folder.classes(name)),
+            features={"image": ((None, None, 3), "uint8"), "label": ((), "int64")},
+        )
     info = _prepared_builder(name, data_dir).info
     label = dict(info.features.items()).get("label")
     return DatasetInfo(
@@ -108,6 +118,9 @@ def open_source(
     `split` takes TFDS slicing ("train[:90%]"). With `in_memory=True` the split is read once
     into numpy arrays (an `ArraySource`): much faster per step for small datasets.
     """
+    if folder.is_folder(name):
+        source = folder.FolderSource(name, split)
+        return _load_in_memory(name, split, source) if in_memory else source
     builder = _prepared_builder(name, data_dir)
     try:
         source = builder.as_data_source(split=split)

@@ -24,6 +24,7 @@ from research.optim import Optimizer, build_optimizer
 from research.optim.mixup import make_batch_mixer
 from research.parallel import Parallel
 from research.tasks import ClassificationTask, Task, get_task
+from research.train import transfer
 from research.train.state import make_init_fn
 from research.train.step import make_eval_step, make_train_step
 from research.train.teacher import Teacher, load_teacher
@@ -44,6 +45,7 @@ class Run:
     task: Task
     sources: dict[str, Any]
     transform: Callable[[dict], dict]
+    augment: Callable[[dict, np.random.Generator], dict] | None
     init_fn: Callable[[jax.Array], Any]
     train_step: Callable
     eval_step: Callable
@@ -57,28 +59,37 @@ class Run:
 def build_run(config: ml_collections.ConfigDict) -> Run:
     """Resolve the config against the dataset and build model, task, optimizer and steps."""
     info = data.dataset_info(config.data.name, config.data.data_dir)
-    sources = {
-        prefix: data.open_source(
-            info.name, split, config.data.data_dir, in_memory=config.data.in_memory
-        )
-        for prefix, split in split_names(config.data, info.splits).items()
-    }
+    sources, num_classes = _open_sources(config.data, info)
     config = cfg.resolve(config, num_train_examples=len(sources["train"]))
     par = Parallel.create(config.parallel.mode, config.parallel.num_devices)
     cfg.check_batch_divides(config, par.num_devices)
-    _check_init_from(config.init_from)
-    sample = data.make_transform()(sources["train"][0])
+    _check_init_from(config)
+    transform = data.make_transform()
+    sample = transform(sources["train"][0])
     task = get_task(
         config.task,
-        num_classes=info.num_classes,
+        num_classes=num_classes,
         total_steps=config.total_steps,
         input_size=int(np.prod(sample["image"].shape)),
     )
     model = get_model(config.model, num_classes=task.model_outputs, bn_axis_name=par.axis_name)
-    transform = task.transform()
+    transform = _image_transform(config.data, task.transform())
+    augment = data.make_augment(**config.data.augment)
     sample = transform(sources["train"][0])
     inputs = task.inputs({k: v[None] for k, v in sample.items()})
-    optimizer = build_optimizer(config, _abstract_params(model, inputs))
+    if transfer.caches_features(config):
+        if augment is not None:
+            raise ConfigError(
+                "transfer.cache_features computes features once, without data.augment; "
+                "turn augmentation off or set transfer.cache_features=False"
+            )
+        abstract = _abstract_variables(model, inputs, par)
+        sources = transfer.cache_features(config, model, sources, transform, abstract)
+        model = transfer.LinearHead(task.model_outputs, kernel_init=_head_init(model))
+        transform = task.transform()
+        inputs = sources["train"].take([0])["image"]
+    abstract_params = _abstract_params(model, inputs)
+    optimizer = build_optimizer(transfer.effective_config(config, abstract_params), abstract_params)
     ema_decay = config.optimizer.ema_decay
     plateau = config.optimizer.schedule == "plateau"
     teacher = load_teacher(config.distill, task.model_outputs, inputs)
@@ -96,6 +107,7 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
         optimizer,
         axis_name=par.axis_name,
         freeze_frozen_batch_norm=config.unfreeze.batch_norm == "frozen",
+        batch_norm_inference=transfer.batch_norm_inference(config),
         diagnostics=config.diagnostics,
         ema_decay=ema_decay,
         batch_mixer=_batch_mixer(config, task, par),
@@ -111,6 +123,7 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
         task=task,
         sources=sources,
         transform=transform,
+        augment=augment,
         init_fn=init_fn,
         train_step=par.compile_train_step(train_step),
         eval_step=par.compile_eval_step(eval_step),
@@ -154,12 +167,60 @@ def _batch_mixer(config: Any, task: Task, par: Parallel) -> Callable | None:
     )
 
 
+def _abstract_variables(model: nn.Module, inputs: jax.Array, par: Parallel) -> dict:
+    """Shapes of the model's params and batch_stats, replicated over the mesh (restore targets)."""
+    rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}
+    shapes = jax.eval_shape(lambda: model.init(rngs, inputs, train=False))
+    return {
+        k: jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=par.replicated), v
+        )
+        for k, v in shapes.items()
+        if k in ("params", "batch_stats")
+    }
+
+
 def _abstract_params(model: nn.Module, inputs: jax.Array) -> Any:
     """The parameter tree's shapes, without allocating it (rules and masks need only paths)."""
     rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}
     return jax.eval_shape(lambda: model.init(rngs, inputs, train=False))["params"]
 
 
-def _check_init_from(path: str | None) -> None:
+def _check_init_from(config: Any) -> None:
+    path, strategy = config.init_from, config.transfer.strategy
     if path and not Path(path).exists():
         raise ConfigError(f"init_from: '{path}' does not exist (a run's workdir or checkpoints/)")
+    if not path and strategy not in ("none", "scratch"):
+        raise ConfigError(f"transfer.strategy='{strategy}' needs init_from (the source weights)")
+
+
+def _open_sources(d: Any, info: data.DatasetInfo) -> tuple[dict[str, Any], int | None]:
+    """The train/eval/test sources, restricted to `data.classes` (and k per class for train)."""
+    sources = {
+        prefix: data.open_source(info.name, split, d.data_dir, in_memory=d.in_memory)
+        for prefix, split in split_names(d, info.splits).items()
+    }
+    if d.classes is None and d.train_examples_per_class is None:
+        return sources, info.num_classes
+    for prefix, split in split_names(d, info.splits).items():
+        per_class = d.train_examples_per_class if prefix == "train" else None
+        sources[prefix] = data.select(
+            sources[prefix], classes=d.classes, per_class=per_class, seed=d.subset_seed, split=split
+        )
+    return sources, len(d.classes) if d.classes is not None else info.num_classes
+
+
+def _image_transform(d: Any, base: Callable[[dict], dict]) -> Callable[[dict], dict]:
+    """The task's transform, then `data.image_size` resizing and `data.preprocess`."""
+    preprocess = None
+    if d.preprocess:
+        from research import port  # only runs that use a ported model's preprocessing
+
+        source, _, arch = d.preprocess.partition(":")
+        preprocess = port.preprocess(source, arch)
+    return data.make_image_transform(base, image_size=d.image_size, preprocess=preprocess)
+
+
+def _head_init(model: nn.Module) -> str:
+    """The kernel initialiser name of the model's head (what a cached linear probe re-creates)."""
+    return getattr(model, "head_init", getattr(model, "kernel_init", "lecun"))

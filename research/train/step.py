@@ -30,6 +30,7 @@ def make_train_step(
     *,
     axis_name: str | None = None,
     freeze_frozen_batch_norm: bool = True,
+    batch_norm_inference: bool = False,
     diagnostics: bool = False,
     ema_decay: float | None = None,
     batch_mixer: Callable[[jax.Array, Batch], Batch] | None = None,
@@ -39,7 +40,9 @@ def make_train_step(
 
     The objective is the task loss plus the optimizer's L1/L2 penalty (reported apart, as
     `train/penalty`). With `freeze_frozen_batch_norm`, BatchNorm statistics of modules whose
-    parameters do not train at this step keep their values. `diagnostics` adds per-module
+    parameters do not train at this step keep their values; with `batch_norm_inference`
+    every BatchNorm normalises with its running statistics and leaves them unchanged (a
+    fine-tuned source model's statistics are kept). `diagnostics` adds per-module
     gradient norms, per-group update ratios and dead-ReLU fractions (research.optim.diagnostics).
     `ema_decay` updates the parameter average in `extras["ema"]`; an `extras["lr_scale"]`
     (reduce-on-plateau) multiplies every update. `batch_mixer` (mixup/CutMix) rewrites the
@@ -58,13 +61,14 @@ def make_train_step(
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
         def loss_fn(params: Any) -> tuple[jax.Array, tuple[dict, dict]]:
-            (outputs, aux), mutated = model.apply(
-                model_variables(state, params),
-                task.inputs(batch),
-                train=True,
-                rngs={"dropout": rng},
-                mutable=["batch_stats"],
-            )
+            with nn.intercept_methods(_bn_inference if batch_norm_inference else _as_is):
+                (outputs, aux), mutated = model.apply(
+                    model_variables(state, params),
+                    task.inputs(batch),
+                    train=True,
+                    rngs={"dropout": rng},
+                    mutable=["batch_stats"],
+                )
             loss, metrics = task.loss(outputs, aux, batch)
             if teacher is not None:
                 loss, parts = teacher.loss(outputs, teacher_logits, batch)
@@ -110,6 +114,28 @@ def make_train_step(
         return new_state, {f"train/{k}": v for k, v in metrics.items()}
 
     return train_step
+
+
+def _bn_inference(next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
+    """Method interceptor: BatchNorm calls use the running statistics (train mode elsewhere)."""
+    m = context.module
+    if not (isinstance(m, nn.BatchNorm) and context.method_name == "__call__"):
+        return next_fun(*args, **kwargs)
+    # The layer fixes use_running_average at construction, so normalise here as flax does in
+    # inference mode (features on the last axis, as every model here has them).
+    x = args[0]
+    mul = jax.lax.rsqrt(m.get_variable("batch_stats", "var") + m.epsilon)
+    if m.use_scale:
+        mul = mul * m.get_variable("params", "scale")
+    y = (x - m.get_variable("batch_stats", "mean")) * mul
+    if m.use_bias:
+        y = y + m.get_variable("params", "bias")
+    return y.astype(m.dtype or x.dtype)
+
+
+def _as_is(next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
+    del context
+    return next_fun(*args, **kwargs)
 
 
 def _learning_rate(optimizer: Optimizer, state: TrainState) -> jax.Array:

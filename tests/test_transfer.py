@@ -1,0 +1,201 @@
+"""Transfer strategies: what each trains, head replacement, the cached linear probe, anchors."""
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from research import config as cfg
+from research.checkpoint import load_state
+from research.errors import ConfigError
+from research.train import loop
+from research.train.setup import build_run
+
+CONFIG = "configs/transfer/digits.py"
+TINY = {
+    "model.name": "cnn_tiny",
+    "model.batch_norm": True,
+    "model.dense_features": 16,
+    "log_every_steps": 5,
+    "eval_every_steps": 10,
+}
+
+
+def _config(data_dir, arg=None, **overrides):
+    config = cfg.load_config_file(CONFIG, arg)
+    cfg.apply_overrides(config, {"data.data_dir": data_dir, **TINY, **overrides})
+    return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, data_dir) -> Path:
+    workdir = tmp_path_factory.mktemp("source")
+    config = _config(
+        data_dir, "pretrain", total_epochs=None, total_steps=40, **{"checkpoint.every_steps": 40}
+    )
+    assert loop.train_and_evaluate(config, workdir).status == loop.COMPLETED
+    return workdir
+
+
+def _params(workdir: Path) -> dict:
+    """Final params and batch_stats of a run, flattened to {"params/a/b": array}."""
+    config = cfg.from_json((workdir / "config.json").read_text())
+    config.data.data_dir = json.loads((workdir / "config.json").read_text())["data"]["data_dir"]
+    run = build_run(config)
+    abstract = run.par.abstract_state(run.init_fn, jax.random.PRNGKey(0))
+    state = load_state(
+        workdir / "checkpoints", {"params": abstract.params, "batch_stats": abstract.batch_stats}
+    )
+    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(state, sep="/").items()}
+
+
+def _target(tmp_path, data_dir, source, strategy, **overrides):
+    workdir = tmp_path / strategy
+    config = _config(
+        data_dir,
+        init_from=str(source),
+        total_steps=20,
+        **{"transfer.strategy": strategy, "checkpoint.every_steps": 20, **overrides},
+    )
+    assert loop.train_and_evaluate(config, workdir).status == loop.COMPLETED
+    return workdir
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    """Parameter paths (params/... only) whose values differ, head excluded."""
+    return {
+        k
+        for k in before
+        if k.startswith("params/")
+        and not k.startswith("params/head")
+        and not np.array_equal(before[k], after[k])
+    }
+
+
+# Which parameters each strategy may change (cnn_tiny: stage{1,2}/block{1,2}, fc, head).
+BACKBONE = {
+    "params/stage1/block1",
+    "params/stage1/block2",
+    "params/stage2/block1",
+    "params/stage2/block2",
+    "params/fc",
+}
+
+
+def _modules(paths: set[str]) -> set[str]:
+    return {p.rsplit("/", 1)[0].replace("/conv", "").replace("/bn", "") for p in paths}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("strategy", "overrides", "trained"),
+    [
+        ("linear_probe", {}, set()),
+        ("partial", {"transfer.blocks": 2}, {"params/stage2/block2", "params/fc"}),
+        # Levels below the head: fc (from step 0), stage2/block2 at 8, stage2/block1 at 16.
+        (
+            "progressive",
+            {"transfer.unfreeze_every_steps": 8},
+            {"params/fc", "params/stage2/block2", "params/stage2/block1"},
+        ),
+        ("finetune", {}, BACKBONE),
+    ],
+)
+def test_each_strategy_trains_exactly_its_parameters(
+    tmp_path, data_dir, source, strategy, overrides, trained
+):
+    before = _params(source)
+    workdir = _target(tmp_path, data_dir, source, strategy, **overrides)
+    after = _params(workdir)
+    assert _modules(_changed(before, after)) == trained
+    # BatchNorm runs on the source statistics (transfer.batch_norm=frozen): all kept.
+    stats = [k for k in before if k.startswith("batch_stats/")]
+    assert stats and all(np.array_equal(before[k], after[k]) for k in stats)
+    # The head was replaced: it differs from the source head (and trained).
+    assert not np.array_equal(before["params/head/kernel"], after["params/head/kernel"])
+
+
+@pytest.mark.slow
+def test_scratch_ignores_init_from_and_update_mode_moves_statistics(tmp_path, data_dir, source):
+    before = _params(source)
+    scratch = _params(_target(tmp_path, data_dir, source, "scratch"))
+    # Not loaded: even a parameter that would train little is far from the source value.
+    assert not np.allclose(
+        before["params/stage1/block1/conv/kernel"],
+        scratch["params/stage1/block1/conv/kernel"],
+        atol=1e-2,
+    )
+    updated = _params(
+        _target(tmp_path, data_dir, source, "finetune", **{"transfer.batch_norm": "update"})
+    )
+    key = "batch_stats/stage1/block1/bn/mean"
+    assert not np.array_equal(before[key], updated[key])
+
+
+@pytest.mark.slow
+def test_cached_linear_probe_equals_the_uncached_one(tmp_path, data_dir, source):
+    # No augmentation and no dropout before the head: then the two paths compute the same.
+    common = {"data.augment.crop_padding": 0, "model.head_dropout_rate": 0.0}
+    uncached = _target(
+        tmp_path / "a",
+        data_dir,
+        source,
+        "linear_probe",
+        **{**common, "transfer.cache_features": False},
+    )
+    cached = _target(
+        tmp_path / "b",
+        data_dir,
+        source,
+        "linear_probe",
+        **{**common, "transfer.cache_features": True},
+    )
+    heads = [_params(w)["params/head/kernel"] for w in (uncached, cached)]
+    np.testing.assert_allclose(heads[1], heads[0], rtol=1e-5, atol=1e-6)
+    losses = {
+        name: [
+            r["train/loss"]
+            for r in map(json.loads, (w / "metrics.jsonl").open())
+            if "train/loss" in r
+        ]
+        for name, w in (("uncached", uncached), ("cached", cached))
+    }
+    np.testing.assert_allclose(losses["cached"], losses["uncached"], rtol=1e-5)
+    summaries = [json.loads((w / "summary.json").read_text()) for w in (uncached, cached)]
+    assert summaries[0]["test/accuracy"] == pytest.approx(summaries[1]["test/accuracy"])
+
+
+@pytest.mark.slow
+def test_l2sp_and_ewc_stay_closer_to_the_source_and_report_retention(tmp_path, data_dir, source):
+    before = _params(source)
+
+    def distance(workdir):
+        after = _params(workdir)
+        keys = [k for k in before if k.startswith("params/") and "head" not in k]
+        return sum(float(np.sum((after[k] - before[k]) ** 2)) for k in keys)
+
+    finetune = _target(tmp_path, data_dir, source, "finetune")
+    l2sp = _target(tmp_path, data_dir, source, "l2sp", **{"transfer.weight": 100.0})
+    ewc = _target(tmp_path, data_dir, source, "ewc", **{"transfer.weight": 1000.0})
+    assert distance(l2sp) < 0.5 * distance(finetune)
+    assert distance(ewc) < distance(finetune)
+    summary = json.loads((finetune / "summary.json").read_text())
+    source_summary = json.loads((source / "summary.json").read_text())
+    # Retention "before" is the source run's own test accuracy, recomputed from its weights.
+    assert summary["source/test_accuracy_before"] == pytest.approx(source_summary["test/accuracy"])
+    assert 0.0 <= summary["source/test_accuracy_after"] <= 1.0
+
+
+def test_strategy_without_init_from_and_bad_strategy_are_config_errors(data_dir):
+    with pytest.raises(ConfigError, match="needs init_from"):
+        build_run(_config(data_dir, init_from=None, **{"transfer.strategy": "finetune"}))
+    with pytest.raises(ConfigError, match="transfer.strategy"):
+        build_run(_config(data_dir, **{"transfer.strategy": "warm"}))
