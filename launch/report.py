@@ -1,10 +1,13 @@
 """Tables, learning curves and scaling-law fits for every run under a directory.
 
     python launch/report.py DIR [--metric=test/accuracy ...] [--scaling=params|data|compute]
+        [--curves=transfer.strategy]
 
 Writes DIR/report/report.{md,csv,tex} (mean, std and 95% Student-t interval over seeds per group
-of swept config keys), DIR/report/curves_<metric>.png, and with --scaling DIR/report/
-scaling_<axis>.png, printing the fitted exponent with its bootstrap interval.
+of swept config keys), DIR/report/curves_<metric>.png, DIR/report/accuracy_vs_time.png (eval
+accuracy of every run against the step and the wall time, coloured by --curves, default the
+swept keys), and with --scaling DIR/report/scaling_<axis>.png, printing the fitted exponent
+with its bootstrap interval.
 Exit codes: 0 done; 2 user error (one line on stderr).
 """
 
@@ -14,9 +17,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from research.errors import EXIT_OK, EXIT_USER_ERROR, UserError
+from research.errors import EXIT_OK, EXIT_USER_ERROR, ConfigError, UserError
 
 SCALING_METRIC = "test/loss"  # a power law with an offset describes a loss, not an accuracy
+CONVERGENCE_METRIC = "eval/accuracy"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +42,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scaling", choices=("params", "data", "compute"), help="fit a power law")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument(
+        "--curves",
+        metavar="KEY",
+        help="config key that colours the accuracy-vs-time curves (default: the swept keys)",
+    )
     return parser.parse_args(argv)
 
 
@@ -57,6 +66,15 @@ def _scaling(args: argparse.Namespace, runs: list, outdir: Path) -> list[Path]:
     return [outdir / f"scaling_{args.scaling}.png"]
 
 
+def _colour_keys(key: str | None, runs: list, swept: list[str]) -> list[str]:
+    """The keys whose values colour the convergence curves: `--curves`, else the swept ones."""
+    if key is None:
+        return swept
+    if not any(key in run.config for run in runs):
+        raise ConfigError(f"--curves={key}: no run has this config key (e.g. transfer.strategy)")
+    return [key]
+
+
 def report(args: argparse.Namespace) -> None:
     """Collect, tabulate, plot and (optionally) fit; prints where everything went."""
     from research.analysis import collect, tables  # noqa: PLC0415 (after parsing)
@@ -67,6 +85,7 @@ def report(args: argparse.Namespace) -> None:
     metrics = args.metric or collect.numeric_metrics(runs)
     outdir = args.dir / collect.REPORT_DIR
     print(f"{len(runs)} runs in {len(groups)} groups (swept: {', '.join(keys) or 'nothing'})")
+    colour_keys = _colour_keys(args.curves, runs, keys)
     # The fit goes first: a sweep that cannot be fitted is an error before anything is written.
     written = _scaling(args, runs, outdir) if args.scaling else []
     rows = tables.aggregate(groups, metrics)
@@ -74,6 +93,11 @@ def report(args: argparse.Namespace) -> None:
     for metric in collect.curve_metrics(runs):
         path = collect.plot_curves(groups, keys, metric, collect.curves_path(outdir, metric))
         written += [path] if path else []
+    by_colour = collect.group_runs(runs, colour_keys)
+    path = collect.plot_convergence(
+        by_colour, colour_keys, CONVERGENCE_METRIC, outdir / "accuracy_vs_time.png"
+    )
+    written += [path] if path else []
     for path in written:
         print(f"wrote {path}")
 

@@ -199,3 +199,53 @@ def plot_curves(
 def curves_path(outdir: Path, metric: str) -> Path:
     """`<outdir>/curves_eval_accuracy.png` for `eval/accuracy`: one file per metric."""
     return outdir / f"curves_{metric.replace('/', '_')}.png"
+
+
+def convergence(run: Run, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps, values of `metric` and the wall time of each (NaN where a record has none).
+
+    The wall time is `<split>/wall_time` in the same record: seconds of training, summed over
+    resumes, when the value was logged.
+    """
+    clock = f"{metric.split('/', 1)[0]}/wall_time"
+    points = [
+        (int(r["step"]), float(r[metric]), float(r.get(clock, math.nan)))
+        for r in run.metrics
+        if is_number(r.get(metric)) and "step" in r
+    ]
+    steps, values, times = zip(*points, strict=True) if points else ((), (), ())
+    return np.asarray(steps), np.asarray(values), np.asarray(times)
+
+
+def plot_convergence(
+    groups: Mapping[tuple, Sequence[Run]], keys: Sequence[str], metric: str, path: Path
+) -> Path | None:
+    """`metric` of every run against the step (left) and the wall time (right), one line per run,
+    one colour per group (its values of `keys`). None if no run logged the metric."""
+    fig = Figure(figsize=(11, 4))
+    by_step, by_time = fig.subplots(1, 2)
+    drawn = 0
+    for index, (values, runs) in enumerate(groups.items()):
+        label = group_label(keys, values) if keys else None
+        for run in runs:
+            steps, ys, times = convergence(run, metric)
+            if not steps.size:
+                continue
+            style = {"color": f"C{index % 10}", "marker": "o" if steps.size < 20 else None}
+            by_step.plot(steps, ys, label=label, **style)
+            timed = np.isfinite(times)
+            by_time.plot(times[timed], ys[timed], **style)
+            label, drawn = None, drawn + 1  # one legend entry per group
+    if not drawn:
+        return None
+    for ax, xlabel in ((by_step, "step"), (by_time, "wall time of training (s)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(metric)
+    by_step.set_title(f"{metric} against the step")
+    by_time.set_title(f"{metric} against the wall time")
+    if keys:
+        by_step.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,13 @@ from research.checkpoint import Checkpointer, load_state
 from research.manifest import build_manifest
 from research.optim import rules
 from research.tracking import Progress, Tracker, read_metrics, resolve_wandb_mode
-from research.train import continual, evaluation
+from research.train import artifacts, continual, evaluation
 from research.train.hooks import Monitor, Preemption, check_finite, every
 from research.train.setup import Run, build_run
 from research.train.workdir import check_workdir, write_run_files
 
 COMPLETED, PREEMPTED = "completed", "preempted"
+TRAIN_SECONDS = "train_seconds"  # checkpoint metadata: wall time of training up to that step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,24 +50,33 @@ class _Context:
     tracker: Tracker
     batches: Any  # the training iterator (its position is checkpointed)
     monitor: Monitor
+    seconds_before: float = 0.0  # training time of the calls this one resumes (checkpointed)
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+    def wall_time(self) -> float:
+        """Seconds of training so far, summed over this call and the ones it resumes."""
+        return self.seconds_before + time.monotonic() - self.started
 
 
 def train_and_evaluate(config: Any, workdir: str | Path) -> RunResult:
     """Train `config` into `workdir`, resuming from the workdir's latest checkpoint if any."""
     workdir = Path(workdir)
     run = build_run(config)
+    artifacts.check_config(run)
     config_json = cfg.to_json(run.config)
     check_workdir(workdir, config_json)
     resolve_wandb_mode(run.config.tracking.wandb_mode)  # a bad mode fails before any write
     with contextlib.ExitStack() as stack:
-        ckpt, state, batches, start, monitor = _initial_state(run, workdir / "checkpoints", stack)
+        ckpt, state, batches, start, monitor, seconds = _initial_state(
+            run, workdir / "checkpoints", stack
+        )
         manifest = _manifest(run)
         if _is_main():
             write_run_files(workdir, config_json, manifest, run.optimizer.table)
             print(_describe_optimizer(run), flush=True)
         tracker = stack.enter_context(_make_tracker(run, workdir, config_json, manifest))
         tracker.truncate_after(start)
-        ctx = _Context(run, workdir, ckpt, tracker, batches, monitor)
+        ctx = _Context(run, workdir, ckpt, tracker, batches, monitor, seconds)
         with Preemption() as preemption:
             state = _train(ctx, state, start, preemption)
         if state is None:
@@ -78,9 +89,9 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> RunResult:
 
 def _initial_state(
     run: Run, directory: Path, stack: contextlib.ExitStack
-) -> tuple[Checkpointer, Any, Any, int, Monitor]:
-    """(checkpointer, device state, train batches, first step, monitor): resumed, warm-started
-    or fresh.
+) -> tuple[Checkpointer, Any, Any, int, Monitor, float]:
+    """(checkpointer, device state, train batches, first step, monitor, seconds trained so far):
+    resumed, warm-started or fresh.
 
     A fresh state (and `init_from`) is built before the checkpoint directory is created, so a
     bad `init_from` fails with nothing written.
@@ -92,12 +103,13 @@ def _initial_state(
     latest = ckpt.latest_step()
     if latest is None:
         state = fresh if fresh is not None else _fresh_state(run, rng)
-        return ckpt, run.par.to_device(state), batches, 0, _make_monitor(run, {})
+        return ckpt, run.par.to_device(state), batches, 0, _make_monitor(run, {}), 0.0
     state, data_state, meta = ckpt.restore(run.par.abstract_state(run.init_fn, rng), latest)
     if data_state:  # every save records it; without it the data would restart from batch 0
         batches.set_state(data_state)
     monitor = _make_monitor(run, meta.get("monitor", {}))
-    return ckpt, run.par.to_device(state), batches, latest, monitor
+    seconds = float(meta.get(TRAIN_SECONDS, 0.0))
+    return ckpt, run.par.to_device(state), batches, latest, monitor, seconds
 
 
 def _fresh_state(run: Run, rng: jax.Array) -> Any:
@@ -200,14 +212,14 @@ def _after_step(ctx: _Context, state: Any, metrics: dict, step: int) -> Any:
     if log_now or ckpt_now or step == run.total_steps:
         host = _fetch(run, metrics)
         if log_now or step == run.total_steps:
-            ctx.tracker.log(step, host)
+            ctx.tracker.log(step, {**host, "train/wall_time": ctx.wall_time()})
         check_finite(host, step)  # before any save: a checkpoint never holds a diverged state
     eval_metrics = None
     if every(c.eval_every_steps, step) and step < run.total_steps:
         task = continual.current_task(run, step)
         eval_metrics = evaluation.evaluate(run, state, "eval", task_id=task)[0]
         state = _watch(ctx, state, step, eval_metrics)
-        ctx.tracker.log(step, eval_metrics)
+        ctx.tracker.log(step, {**eval_metrics, "eval/wall_time": ctx.wall_time()})
     if continual.at_boundary(run, step):  # a task's stage ends: evaluate all, consolidate
         ctx.tracker.log(step, continual.stage_report(run, state))
         if step < run.total_steps:
@@ -250,7 +262,8 @@ def _save(ctx: _Context, state: Any, step: int, metrics: dict | None) -> None:
         ctx.run.par.from_device(state),
         data_state=ctx.batches.get_state(),
         metrics=metrics,
-        metadata={"monitor": dict(ctx.monitor.state)},  # a copy: saves commit asynchronously
+        # A copy of the monitor state: saves commit asynchronously.
+        metadata={"monitor": dict(ctx.monitor.state), TRAIN_SECONDS: ctx.wall_time()},
     )
 
 
@@ -276,7 +289,8 @@ def _finish(ctx: _Context, state: Any) -> dict:
     # Only process 0 writes metrics.jsonl, so only it reads the file back (other hosts may not
     # share the filesystem, or may read it mid-write); their summary lacks the logged history.
     if not (_is_main() and evaluation.has_final_metrics(read_metrics(ctx.workdir), step)):
-        ctx.tracker.log(step, {**eval_metrics, **test_metrics})  # once: a rerun logs nothing new
+        final = {**eval_metrics, **test_metrics, "eval/wall_time": ctx.wall_time()}
+        ctx.tracker.log(step, final)  # once: a rerun logs nothing new
     ctx.ckpt.wait()
     rows = read_metrics(ctx.workdir) if _is_main() else []
     c = run.config.checkpoint
@@ -291,9 +305,16 @@ def _finish(ctx: _Context, state: Any) -> dict:
     if ctx.monitor.stopped:
         summary["early_stopping/reason"] = ctx.monitor.stopped
         summary["early_stopping/final_step"] = int(run.par.to_host(state.step))
+    figures = []
+    if _is_main() and artifacts.wanted(run):  # per-class metrics, embedding, Grad-CAM
+        figures, extra = artifacts.write_artifacts(
+            run, state, ctx.workdir / "plots", confusion=test_sums["confusion"], rows=rows
+        )
+        summary.update(extra)
     ctx.tracker.write_summary(summary)
     if run.config.tracking.plots and _is_main():
-        ctx.tracker.log_images(evaluation.plot(run, rows, test_sums, ctx.workdir / "plots"))
+        plots = evaluation.plot(run, rows, test_sums, ctx.workdir / "plots")
+        ctx.tracker.log_images(plots + figures)
     return summary
 
 
