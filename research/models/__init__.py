@@ -10,6 +10,29 @@ from research.errors import ConfigError
 from research.models.cnn import CNN
 from research.models.layers import get_activation, get_kernel_init, resolve_dtype
 from research.models.mlp import MLP
+from research.models.mobilenet import MobileNetV2
+from research.models.resnet import ResNet
+from research.models.vgg import VGG
+
+# VGG depth -> convs per stage (torchvision's configurations A, B, D, E).
+_VGG_STAGE_BLOCKS = MappingProxyType(
+    {
+        11: (1, 1, 2, 2, 2),
+        13: (2, 2, 2, 2, 2),
+        16: (2, 2, 3, 3, 3),
+        19: (2, 2, 4, 4, 4),
+    }
+)
+# ResNet depth -> (block, blocks per stage), as in torchvision.
+_RESNET_STAGES = MappingProxyType(
+    {
+        18: ("basic", (2, 2, 2, 2)),
+        34: ("basic", (3, 4, 6, 3)),
+        50: ("bottleneck", (3, 4, 6, 3)),
+        101: ("bottleneck", (3, 4, 23, 3)),
+        152: ("bottleneck", (3, 8, 36, 3)),
+    }
+)
 
 # name -> (module class, default keyword arguments); a config's model.* keys override the defaults.
 MODELS: Mapping[str, tuple[type[nn.Module], Mapping[str, Any]]] = MappingProxyType(
@@ -18,6 +41,37 @@ MODELS: Mapping[str, tuple[type[nn.Module], Mapping[str, Any]]] = MappingProxyTy
         "mlp_tiny": (MLP, {"hidden_sizes": (16,)}),
         "cnn": (CNN, {}),
         "cnn_tiny": (CNN, {"stage_features": (4, 8), "dense_features": 16}),
+        **{
+            f"vgg{depth}{suffix}": (VGG, {"stage_blocks": blocks, "batch_norm": bn})
+            for depth, blocks in _VGG_STAGE_BLOCKS.items()
+            for suffix, bn in (("", False), ("_bn", True))
+        },
+        "vgg_tiny": (
+            VGG,
+            {
+                "stage_blocks": (1, 1),
+                "stage_features": (4, 8),
+                "classifier": "gap",
+                "batch_norm": True,
+            },
+        ),
+        **{
+            f"resnet{depth}": (ResNet, {"block": block, "stage_blocks": blocks})
+            for depth, (block, blocks) in _RESNET_STAGES.items()
+        },
+        "resnet_tiny": (
+            ResNet,
+            {"block": "basic", "stage_blocks": (1, 1), "widths": (4, 8), "stem_features": 4},
+        ),
+        "mobilenet_v2": (MobileNetV2, {}),
+        "mobilenet_v2_tiny": (
+            MobileNetV2,
+            {
+                "alpha": 0.25,
+                "settings": ((1, 8, 1, 1), (6, 8, 1, 2), (6, 16, 1, 2)),
+                "last_features": 32,
+            },
+        ),
     }
 )
 

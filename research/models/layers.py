@@ -3,6 +3,10 @@
 Also the config-name registries every family uses: kernel initialisers (`model.kernel_init`,
 scaled by `model.init_scale` where the scheme has a free scale) and activations
 (`model.activation`), so a study can switch them per model without touching code.
+
+The backbone families (VGG, ResNet, MobileNetV2) share `conv`, `batch_norm`, `ConvBN` and the
+torch-style `adaptive_avg_pool`, so their parameter layouts follow one convention that the
+weight porters rely on.
 """
 
 from collections.abc import Callable, Mapping
@@ -12,6 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from research.errors import ConfigError
 
@@ -33,6 +38,9 @@ KERNEL_INITS: Mapping[str, Callable[[float], Initializer]] = MappingProxyType(
         "lecun": lambda scale: nn.initializers.lecun_normal(),
     }
 )
+
+# He normal over fan_out (plain, not truncated), torchvision's initialiser for the backbones' convs.
+CONV_KERNEL_INIT: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 ACTIVATIONS: Mapping[str, Callable[[jax.Array], jax.Array]] = MappingProxyType(
     {"relu": nn.relu, "tanh": nn.tanh, "sigmoid": nn.sigmoid, "gelu": nn.gelu}
@@ -114,3 +122,115 @@ def dense(features: int, *, name: str, kernel_init: str, init_scale: float, dtyp
         dtype=dtype,
         name=name,
     )
+
+
+def conv(
+    features: int,
+    kernel_size: int,
+    *,
+    name: str,
+    dtype: Any,
+    strides: int = 1,
+    padding: int | str = 0,
+    use_bias: bool = False,
+    groups: int = 1,
+) -> nn.Conv:
+    """A square nn.Conv with He fan_out kernels and zero bias; an int padding is symmetric.
+
+    Call it inside a parent's compact method so the layer is registered under `name` there.
+    """
+    pad = padding if isinstance(padding, str) else ((padding, padding), (padding, padding))
+    return nn.Conv(
+        features,
+        (kernel_size, kernel_size),
+        strides=(strides, strides),
+        padding=pad,
+        use_bias=use_bias,
+        feature_group_count=groups,
+        kernel_init=CONV_KERNEL_INIT,
+        bias_init=nn.initializers.zeros,
+        dtype=dtype,
+        name=name,
+    )
+
+
+def batch_norm(
+    *, train: bool, epsilon: float, axis_name: str | None, dtype: Any, name: str
+) -> nn.BatchNorm:
+    """BatchNorm with momentum 0.9 (torch's 0.1), batch statistics only while training."""
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=epsilon,
+        axis_name=axis_name,
+        dtype=dtype,
+        name=name,
+    )
+
+
+class ConvBN(nn.Module):
+    """`conv` then (when `batch_norm`) `bn`, no activation: stems, VGG blocks, 1x1 tops."""
+
+    features: int
+    kernel_size: int
+    strides: int = 1
+    padding: int | str = 0
+    use_bias: bool = False
+    batch_norm: bool = True
+    bn_epsilon: float = 1e-5
+    bn_axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+        x = conv(
+            self.features,
+            self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            name="conv",
+        )(x)
+        if self.batch_norm:
+            x = batch_norm(
+                train=train,
+                epsilon=self.bn_epsilon,
+                axis_name=self.bn_axis_name,
+                dtype=self.dtype,
+                name="bn",
+            )(x)
+        return x
+
+
+def _adaptive_pool_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """Row i averages torch's bin i: [floor(i * n / m), ceil((i + 1) * n / m))."""
+    matrix = np.zeros((size_out, size_in), np.float32)
+    for i in range(size_out):
+        start = (i * size_in) // size_out
+        end = -(-(i + 1) * size_in // size_out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def adaptive_avg_pool(x: jnp.ndarray, size: int) -> jnp.ndarray:
+    """torch's AdaptiveAvgPool2d((size, size)) on NHWC: possibly overlapping bins, exact identity
+    when the input already is size x size, and copies when it is smaller (1x1 -> size x size).
+
+    A rectangular bin's mean is a row mean of column means, so two small averaging matrices do it;
+    they run in float32 at full precision and the result is cast back to the input's dtype.
+    """
+    height, width = x.shape[1], x.shape[2]
+    if (height, width) == (size, size):
+        return x
+    rows = jnp.asarray(_adaptive_pool_matrix(height, size))
+    cols = jnp.asarray(_adaptive_pool_matrix(width, size))
+    out = jnp.einsum(
+        "ih,jw,nhwc->nijc", rows, cols, x.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST
+    )
+    return out.astype(x.dtype)
+
+
+def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:
+    """Mean over the spatial axes of NHWC features, (N, H, W, C) -> (N, C)."""
+    return jnp.mean(x, axis=(1, 2))
