@@ -72,10 +72,15 @@ def test_bfloat16_compute_keeps_float32_params():
     assert aux["stage1"].dtype == jnp.bfloat16 and logits.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_registered_model_builds(name):
-    model, variables = _init(name, (2, 8, 8, 1))
-    logits, aux = model.apply(variables, jnp.ones((2, 8, 8, 1)), train=False)
+# Full-size backbones are checked shape-only in test_backbones.py (eager init is slow on CPU).
+SMALL = sorted(n for n in MODELS if n in ("mlp", "cnn") or n.endswith("_tiny"))
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_every_small_registered_model_builds(name):
+    size = 32 if name.startswith(("vgg", "resnet", "mobilenet")) else 8
+    model, variables = _init(name, (2, size, size, 1))
+    logits, aux = model.apply(variables, jnp.ones((2, size, size, 1)), train=False)
     assert logits.shape == (2, 10) and "pre_logits" in aux
 
 
