@@ -196,6 +196,7 @@ def _clock(workdir: Path, split: str) -> dict[int, float]:
     return {r["step"]: r[key] for r in rows}
 
 
+@pytest.mark.slow
 def test_run_writes_figures_and_per_class_summary(runs):
     workdir = runs[0] / "a"
     for name in ("test_embedding", "test_gradcam", "accuracy_vs_time"):
@@ -213,6 +214,7 @@ def test_run_writes_figures_and_per_class_summary(runs):
         assert [int(r["support"]) for r in csv.DictReader(f)] == support.tolist()
 
 
+@pytest.mark.slow
 def test_wall_time_increases_and_eval_rows_carry_it(runs):
     workdir = runs[0] / "a"
     train, evals = _clock(workdir, "train"), _clock(workdir, "eval")
@@ -222,6 +224,7 @@ def test_wall_time_increases_and_eval_rows_carry_it(runs):
     assert train[10] < evals[10] < train[11] and train[20] < evals[20]  # evals logged after
 
 
+@pytest.mark.slow
 def test_resumed_run_continues_the_checkpointed_wall_time(runs):
     root, seconds, resume_duration = runs
     train = _clock(root / "b", "train")
@@ -235,6 +238,7 @@ def test_resumed_run_continues_the_checkpointed_wall_time(runs):
     assert summary["train/wall_time"] == train[20]
 
 
+@pytest.mark.slow
 def test_report_draws_accuracy_against_step_and_wall_time(runs):
     root = runs[0]
     command = [sys.executable, "launch/report.py", str(root), "--curves=optimizer.learning_rate"]
