@@ -54,8 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """One run; `transfer.strategy` and `seed` are what the sweep changes."""
     c = base_config()
     c.model = ml_collections.ConfigDict(
-        # The Keras layout: no adaptive pooling before fc6 (identical at 224x224 inputs).
-        {"name": "vgg16", "adaptive_pool": None, "dtype": "bfloat16"}
+        # The Keras layout: no adaptive pooling before fc6 (identical at 224x224 inputs);
+        # classifier "gap" for weights ported from a _notop file (no fc6/fc7).
+        {"name": "vgg16", "adaptive_pool": None, "classifier": "fc", "dtype": "bfloat16"}
     )
     c.data.name = "caltech101"
     c.data.in_memory = False  # images of varying size: read and resized per batch

@@ -237,7 +237,13 @@ def _embedding_figure(run: Run, examples: dict, directory: Path) -> Path | None:
     n = min(run.config.evaluation.embedding_examples, len(examples["label"]))
     if "pre_logits" not in examples or n < 4:  # t-SNE needs a few points to mean anything
         return None
-    coords = embed(examples["pre_logits"][:n], seed=run.config.seed)
+    features = examples["pre_logits"][:n].reshape(n, -1)
+    if not np.isfinite(features).all() or np.ptp(features, axis=0).max() == 0:
+        # Identical (e.g. all-dead ReLU) or non-finite features have no 2-D map; t-SNE would
+        # divide by their zero spread.
+        print("no embedding plot: the pre_logits features are constant or not finite")
+        return None
+    coords = embed(features, seed=run.config.seed)
     return plot_embedding(coords, examples["label"][:n], directory / "test_embedding.png")
 
 

@@ -18,11 +18,11 @@ import numpy as np
 
 from research import config as cfg
 from research import data
-from research.checkpoint import Checkpointer, load_state
+from research.checkpoint import Checkpointer
 from research.manifest import build_manifest
 from research.optim import rules
 from research.tracking import Progress, Tracker, read_metrics, resolve_wandb_mode
-from research.train import artifacts, continual, evaluation
+from research.train import artifacts, continual, evaluation, transfer
 from research.train.hooks import Monitor, Preemption, check_finite, every
 from research.train.setup import Run, build_run
 from research.train.workdir import check_workdir, write_run_files
@@ -118,14 +118,7 @@ def _fresh_state(run: Run, rng: jax.Array) -> Any:
     if run.teacher is not None:
         teacher = run.teacher.load(run.par.replicated)
         state = state.replace(extras={**state.extras, "teacher": teacher})
-    if not run.config.init_from:
-        return state
-    path = Path(run.config.init_from)
-    directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    abstract = run.par.abstract_state(run.init_fn, rng)
-    source = load_state(directory, {"params": abstract.params, "batch_stats": abstract.batch_stats})
-    extras = {**state.extras, "ema": source["params"]} if "ema" in state.extras else state.extras
-    return state.replace(params=source["params"], batch_stats=source["batch_stats"], extras=extras)
+    return transfer.initial_state(run, state, rng)
 
 
 def _make_monitor(run: Run, state: dict) -> Monitor:
@@ -183,6 +176,7 @@ def _train_batches(run: Run):
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         transform=run.transform,
+        augment=run.augment,
     )
 
 
@@ -299,6 +293,7 @@ def _finish(ctx: _Context, state: Any) -> dict:
     )
     summary.update({f"test/{k}": v for k, v in run.task.summary(test_sums).items()})
     summary.update(evaluation.compute_cost(run))
+    summary.update(transfer.retention(run, state))
     if continual.is_continual(run) and _is_main():
         for prefix in ("eval", "test"):
             summary[f"{prefix}/accuracy_matrix"] = continual.accuracy_matrix(rows, run, prefix)

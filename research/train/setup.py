@@ -108,6 +108,7 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
         axis_name=par.axis_name,
         freeze_frozen_batch_norm=config.unfreeze.batch_norm == "frozen",
         batch_norm_inference=transfer.batch_norm_inference(config),
+        inference_mode=transfer.is_probe(config),
         diagnostics=config.diagnostics,
         ema_decay=ema_decay,
         batch_mixer=_batch_mixer(config, task, par),

@@ -31,6 +31,7 @@ def make_train_step(
     axis_name: str | None = None,
     freeze_frozen_batch_norm: bool = True,
     batch_norm_inference: bool = False,
+    inference_mode: bool = False,
     diagnostics: bool = False,
     ema_decay: float | None = None,
     batch_mixer: Callable[[jax.Array, Batch], Batch] | None = None,
@@ -42,7 +43,8 @@ def make_train_step(
     `train/penalty`). With `freeze_frozen_batch_norm`, BatchNorm statistics of modules whose
     parameters do not train at this step keep their values; with `batch_norm_inference`
     every BatchNorm normalises with its running statistics and leaves them unchanged (a
-    fine-tuned source model's statistics are kept). `diagnostics` adds per-module
+    fine-tuned source model's statistics are kept); `inference_mode` runs the whole model with
+    `train=False` (a linear probe: no dropout, running statistics). `diagnostics` adds per-module
     gradient norms, per-group update ratios and dead-ReLU fractions (research.optim.diagnostics).
     `ema_decay` updates the parameter average in `extras["ema"]`; an `extras["lr_scale"]`
     (reduce-on-plateau) multiplies every update. `batch_mixer` (mixup/CutMix) rewrites the
@@ -65,7 +67,7 @@ def make_train_step(
                 (outputs, aux), mutated = model.apply(
                     model_variables(state, params),
                     task.inputs(batch),
-                    train=True,
+                    train=not inference_mode,
                     rngs={"dropout": rng},
                     mutable=["batch_stats"],
                 )

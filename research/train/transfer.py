@@ -58,20 +58,20 @@ def replaces_head(config: Any) -> bool:
 
 def caches_features(config: Any) -> bool:
     """Whether this run trains a linear probe on features computed once (no backbone pass)."""
-    t = config.transfer
-    return t.strategy == "linear_probe" and t.cache_features and uses_source(config)
+    return is_probe(config) and config.transfer.cache_features
+
+
+def is_probe(config: Any) -> bool:
+    """A linear probe from source weights: the model runs in inference mode while training (no
+    dropout, BatchNorm statistics), so its backbone is a fixed feature extractor and the cached
+    and uncached probes compute the same thing."""
+    return config.transfer.strategy == "linear_probe" and uses_source(config)
 
 
 def batch_norm_inference(config: Any) -> bool:
-    """Whether BatchNorm runs on the source statistics (inference mode) while training.
-
-    A linear probe always does (its backbone is a fixed feature extractor); the other
-    strategies that start from source weights follow `transfer.batch_norm`.
-    """
-    t = config.transfer
-    if not uses_source(config):
-        return False
-    return t.strategy == "linear_probe" or t.batch_norm == "frozen"
+    """Whether BatchNorm runs on the source statistics (inference mode) while training, for the
+    strategies that start from source weights (`transfer.batch_norm`)."""
+    return uses_source(config) and config.transfer.batch_norm == "frozen"
 
 
 def effective_config(config: Any, params: Any) -> ml_collections.FrozenConfigDict:
@@ -211,10 +211,12 @@ def cache_features(
     variables = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract)
     variables = {k: {**v, **loaded.get(k, {})} for k, v in variables.items()}
     features = jax.jit(lambda v, x: model.apply(v, x, train=False)[1]["pre_logits"])
+    # One batch shape for every split (one compilation), no larger than the largest split.
+    size = min(256, max(len(source) for source in sources.values()))
     out = {}
     for prefix, source in sources.items():
         feats, labels = [], []
-        for batch in eval_batches(source, global_batch_size=256, transform=transform):
+        for batch in eval_batches(source, global_batch_size=size, transform=transform):
             n = int(batch["mask"].sum())
             feats.append(np.asarray(features(variables, batch["image"]))[:n])
             labels.append(batch["label"][:n])
