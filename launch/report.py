@@ -1,13 +1,14 @@
 """Tables, learning curves and scaling-law fits for every run under a directory.
 
     python launch/report.py DIR [--metric=test/accuracy ...] [--scaling=params|data|compute]
-        [--curves=transfer.strategy]
+        [--curves=transfer.strategy] [--target=0.9]
 
 Writes DIR/report/report.{md,csv,tex} (mean, std and 95% Student-t interval over seeds per group
 of swept config keys), DIR/report/curves_<metric>.png, DIR/report/accuracy_vs_time.png (eval
 accuracy of every run against the step and the wall time, coloured by --curves, default the
 swept keys), and with --scaling DIR/report/scaling_<axis>.png, printing the fitted exponent
-with its bootstrap interval.
+with its bootstrap interval. --target=T adds two columns: `steps_to_T`, the first step at which
+eval/accuracy reached T (mean over the runs that did), and `reached_T`, the fraction that did.
 Exit codes: 0 done; 2 user error (one line on stderr).
 """
 
@@ -47,6 +48,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         metavar="KEY",
         help="config key that colours the accuracy-vs-time curves (default: the swept keys)",
     )
+    parser.add_argument(
+        "--target",
+        type=float,
+        action="append",
+        help=f"{CONVERGENCE_METRIC} to reach: adds steps_to_T and reached_T (repeatable)",
+    )
     return parser.parse_args(argv)
 
 
@@ -82,7 +89,12 @@ def report(args: argparse.Namespace) -> None:
     runs = collect.collect(args.dir)
     keys = collect.swept_keys(runs)
     groups = collect.group_runs(runs, keys)
-    metrics = args.metric or collect.numeric_metrics(runs)
+    targets = [
+        name
+        for target in args.target or ()
+        for name in collect.add_steps_to(runs, CONVERGENCE_METRIC, target)
+    ]
+    metrics = [*args.metric, *targets] if args.metric else collect.numeric_metrics(runs)
     outdir = args.dir / collect.REPORT_DIR
     print(f"{len(runs)} runs in {len(groups)} groups (swept: {', '.join(keys) or 'nothing'})")
     colour_keys = _colour_keys(args.curves, runs, keys)

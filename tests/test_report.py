@@ -143,3 +143,18 @@ def test_tuple_valued_keys_group_and_sort_by_value(tmp_path: Path) -> None:
     groups = collect.group_runs(runs, collect.swept_keys(runs))
     assert list(groups) == [((4,),), ((16,),), ((128,),)]
     assert [len(g) for g in groups.values()] == [2, 2, 2]
+
+
+def test_steps_to_target_and_fraction_reached(sweep: Path) -> None:
+    runs = collect.collect(sweep)
+    # eval/accuracy is accuracy * step / 20 at steps 10 and 20.
+    names = collect.add_steps_to(runs, "eval/accuracy", 0.5)
+    for run in runs:
+        acc = run.summary["test/accuracy"]
+        expected = 10 if acc / 2 >= 0.5 else (20 if acc >= 0.5 else None)
+        assert run.summary[names[1]] == (expected is not None)
+        assert run.summary.get(names[0]) == expected
+    result = _run_report(str(sweep), "--metric=test/accuracy", "--target=0.5")
+    assert result.returncode == 0, result.stderr
+    table = (sweep / "report" / "report.md").read_text()
+    assert "steps_to_0.5" in table and "reached_0.5" in table

@@ -10,7 +10,7 @@ Commands:
         --workdir=runs/transfer_digits/pretrain
     python launch/sweep.py --config=configs/transfer/digits.py \\
         --workdir=runs/transfer_digits/sweep --backend=local --parallel=2
-    python launch/report.py runs/transfer_digits/sweep --group=transfer.strategy \\
+    python launch/report.py runs/transfer_digits/sweep --curves=transfer.strategy --target=0.9 \\
         --metric=test/accuracy
 One target run: python launch/train.py --config=configs/transfer/digits.py \\
     --workdir=runs/t --config.transfer.strategy=finetune --config.data.train_examples_per_class=10

@@ -13,7 +13,7 @@ Needs, on the training machine (no download happens at run time):
 Commands:
     python launch/sweep.py --config=configs/transfer/vgg16_caltech101.py \\
         --workdir=runs/vgg16_caltech101 --backend=local --devices=0,1,2,3
-    python launch/report.py runs/vgg16_caltech101 --group=transfer.strategy \\
+    python launch/report.py runs/vgg16_caltech101 --curves=transfer.strategy --target=0.8 \\
         --metric=test/accuracy
 One run: python launch/train.py --config=configs/transfer/vgg16_caltech101.py \\
     --workdir=runs/vgg16_lp --config.transfer.strategy=linear_probe

@@ -26,7 +26,7 @@ from research.errors import WorkdirError
 CONFIG_FILE = "config.json"
 REPORT_DIR = "report"
 # Keys that never define a group: seeds are averaged over; the rest say how a run executed.
-EXCLUDED_KEYS = ("seed",) + config_lib.RUNTIME_KEYS
+EXCLUDED_KEYS = ("seed", "data.subset_seed") + config_lib.RUNTIME_KEYS
 # Curves plotted by default when present: the ones people look at first.
 DEFAULT_CURVES = ("eval/accuracy", "eval/loss", "train/loss", "train/accuracy")
 
@@ -215,6 +215,25 @@ def convergence(run: Run, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
     ]
     steps, values, times = zip(*points, strict=True) if points else ((), (), ())
     return np.asarray(steps), np.asarray(values), np.asarray(times)
+
+
+def steps_to(run: Run, metric: str, target: float) -> float:
+    """The first logged step at which `metric` reached `target` (NaN if it never did)."""
+    steps, values, _ = convergence(run, metric)
+    reached = np.flatnonzero(values >= target)
+    return float(steps[reached[0]]) if reached.size else math.nan
+
+
+def add_steps_to(runs: Iterable[Run], metric: str, target: float) -> list[str]:
+    """Adds `steps_to_<target>` (runs that never reach it report nothing, so the table's mean
+    is over those that did) and `reached_<target>` (0/1) to each run's summary; their names."""
+    names = [f"steps_to_{target:g}", f"reached_{target:g}"]
+    for run in runs:
+        step = steps_to(run, metric, target)
+        if not math.isnan(step):
+            run.summary[names[0]] = step
+        run.summary[names[1]] = float(not math.isnan(step))
+    return names
 
 
 def plot_convergence(
