@@ -1,17 +1,23 @@
-"""Model registry: `get_model(config.model, num_classes=...)` builds any family by name."""
+"""Model registry: `get_model(config.model, num_classes=...)` builds any family by name.
 
-from collections.abc import Mapping
+Classifiers get `num_classes`; families without a classification head (autoencoders, VAEs)
+ignore it and instead get `input_shape`, the shape of one example their decoder reproduces.
+"""
+
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
 import flax.linen as nn
 
 from research.errors import ConfigError
+from research.models.autoencoder import Autoencoder, ConvAutoencoder
 from research.models.cnn import CNN
 from research.models.layers import get_activation, get_kernel_init, resolve_dtype
 from research.models.mlp import MLP
 from research.models.mobilenet import MobileNetV2
 from research.models.resnet import ResNet
+from research.models.vae import LIKELIHOODS, VAE, ConvVAE
 from research.models.vgg import VGG
 
 # VGG depth -> convs per stage (torchvision's configurations A, B, D, E).
@@ -72,25 +78,46 @@ MODELS: Mapping[str, tuple[type[nn.Module], Mapping[str, Any]]] = MappingProxyTy
                 "last_features": 32,
             },
         ),
+        "ae": (Autoencoder, {}),
+        "ae_tiny": (Autoencoder, {"hidden_sizes": (16,), "latent_size": 4}),
+        "conv_ae": (ConvAutoencoder, {}),
+        "conv_ae_tiny": (ConvAutoencoder, {"stage_features": (4, 8), "latent_size": 4}),
+        "vae": (VAE, {}),
+        "vae_tiny": (VAE, {"hidden_sizes": (16,), "latent_size": 4}),
+        "conv_vae": (ConvVAE, {}),
+        "conv_vae_tiny": (ConvVAE, {"stage_features": (4, 8), "latent_size": 4}),
     }
 )
 
 
 def get_model(
-    model_config: Mapping[str, Any], *, num_classes: int, bn_axis_name: str | None = None
+    model_config: Mapping[str, Any],
+    *,
+    num_classes: int,
+    bn_axis_name: str | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> nn.Module:
-    """Instantiate `model_config.name` with the config's other keys as constructor arguments."""
+    """Instantiate `model_config.name` with the config's other keys as constructor arguments.
+
+    `num_classes` goes to families with a head; `input_shape` (one example's shape, from the
+    data) to families with a decoder, unless the config sets `model.input_shape` itself.
+    """
     kwargs = dict(model_config)
     name = kwargs.pop("name")
     if name not in MODELS:
         raise ConfigError(f"unknown model.name '{name}'; known: {', '.join(sorted(MODELS))}")
     cls, defaults = MODELS[name]
-    kwargs = {**defaults, **kwargs, "num_classes": num_classes}
+    fields = cls.__dataclass_fields__
+    kwargs = {**defaults, **kwargs}
+    if "num_classes" in fields:
+        kwargs["num_classes"] = num_classes
     if "dtype" in kwargs:
         kwargs["dtype"] = resolve_dtype(kwargs["dtype"])
-    if "bn_axis_name" in cls.__dataclass_fields__:
+    if "bn_axis_name" in fields:
         kwargs["bn_axis_name"] = bn_axis_name
-    unknown = sorted(set(kwargs) - set(cls.__dataclass_fields__))
+    if "input_shape" in fields:
+        kwargs["input_shape"] = _input_shape(name, kwargs.get("input_shape") or input_shape)
+    unknown = sorted(set(kwargs) - set(fields))
     if unknown:
         raise ConfigError(
             f"model '{name}' has no option(s) {', '.join(unknown)} (model.{unknown[0]})"
@@ -100,9 +127,30 @@ def get_model(
     return model
 
 
+def _input_shape(name: str, shape: Sequence[int] | None) -> tuple[int, ...]:
+    """One example's shape as a tuple; a decoder cannot be built without it."""
+    if not shape:
+        raise ConfigError(
+            f"model '{name}' needs the shape of one input (model.input_shape, e.g. (8, 8, 1))"
+        )
+    return tuple(int(d) for d in shape)
+
+
 def _check_named_choices(model: nn.Module) -> None:
-    """Fail on an unknown initializer or activation now, not at the first `init` of a run."""
+    """Fail on an unknown initializer, activation or likelihood, or a convolutional decoder
+    without an image shape, now, not at the first `init` of a run."""
     if hasattr(model, "kernel_init"):
         get_kernel_init(model.kernel_init, model.init_scale)
     if hasattr(model, "activation"):
         get_activation(model.activation)
+    if hasattr(model, "likelihood") and model.likelihood not in LIKELIHOODS:
+        raise ConfigError(
+            f"unknown model.likelihood '{model.likelihood}'; known: {', '.join(LIKELIHOODS)}"
+        )
+    if hasattr(model, "decoder_scale") and not model.decoder_scale > 0:
+        raise ConfigError(f"model.decoder_scale must be positive, got {model.decoder_scale}")
+    if hasattr(model, "stage_features") and len(getattr(model, "input_shape", ())) not in (0, 3):
+        raise ConfigError(
+            f"model.input_shape={model.input_shape}: a convolutional autoencoder needs "
+            "images (height, width, channels)"
+        )

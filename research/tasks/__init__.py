@@ -7,17 +7,19 @@ from research.errors import ConfigError
 from research.tasks.base import Task
 from research.tasks.classification import BinaryClassificationTask, ClassificationTask
 from research.tasks.continual import PermutedClassificationTask
+from research.tasks.reconstruction import ReconstructionTask
 
 __all__ = [
     "BinaryClassificationTask",
     "ClassificationTask",
     "PermutedClassificationTask",
+    "ReconstructionTask",
     "TASKS",
     "Task",
     "get_task",
 ]
 
-TASKS = ("classification", "binary_classification", "permuted_classification")
+TASKS = ("classification", "binary_classification", "permuted_classification", "reconstruction")
 
 
 def get_task(
@@ -56,4 +58,6 @@ def get_task(
             steps_per_task=total_steps // num_tasks,
             **kwargs,
         )
+    if name == "reconstruction":
+        return ReconstructionTask.from_config(kwargs, input_size=input_size)
     raise ConfigError(f"unknown task.name '{name}'; known: {', '.join(TASKS)}")

@@ -13,6 +13,12 @@ class Task(Protocol):
     Train metrics are batch means (averaged over devices by the step). Eval statistics are sums
     over the real (mask == 1) examples, so padded batches and any number of devices or hosts
     give the same totals; `finalize` turns the totals into metrics.
+
+    Optional methods the steps and setup use when a task defines them:
+    `eval_outputs(apply, batch, rng) -> (outputs, aux)` runs the model for evaluation itself
+    (`apply` is `model.apply` with the variables bound; `rng` is the run's fixed eval key), and
+    `check_model(model)` raises a ConfigError, before anything is written, for a model the task
+    cannot train.
     """
 
     @property
@@ -25,8 +31,11 @@ class Task(Protocol):
     def transform(self) -> Callable[[dict], dict]:
         """The per-record transform from a dataset record to what `inputs`/`loss` read."""
 
-    def prepare(self, batch: dict, step: jax.Array) -> dict:
-        """Inside the train step: add what the step's stage implies (e.g. a task id)."""
+    def prepare(self, batch: dict, step: jax.Array, rng: jax.Array | None = None) -> dict:
+        """Inside the train step: add what the step implies (e.g. a task id, a corrupted input).
+
+        `rng` is this step's (per-device) key for the task's own randomness.
+        """
 
     def inputs(self, batch: dict[str, jax.Array]) -> Any:
         """What the model is called on."""

@@ -35,9 +35,9 @@ class ClassificationTask:
         """Images scaled to [0, 1] float32 and int32 labels."""
         return data.make_transform()
 
-    def prepare(self, batch: dict, step: jax.Array) -> dict:
+    def prepare(self, batch: dict, step: jax.Array, rng: jax.Array | None = None) -> dict:
         """Inside the train step, before anything else: nothing to add for plain classification."""
-        del step
+        del step, rng
         return batch
 
     def inputs(self, batch: dict[str, jax.Array]) -> jax.Array:

@@ -39,8 +39,9 @@ class PermutedClassificationTask(ClassificationTask):
         """The steps after which a task's stage ends (the last one is the run's end)."""
         return [self.steps_per_task * (k + 1) for k in range(self.num_tasks)]
 
-    def prepare(self, batch: dict, step: jax.Array) -> dict:
+    def prepare(self, batch: dict, step: jax.Array, rng: jax.Array | None = None) -> dict:
         """Inside the train step: tag every example with the task of this step's stage."""
+        del rng
         task = jnp.minimum(step // self.steps_per_task, self.num_tasks - 1).astype(jnp.int32)
         return {**batch, "task": jnp.full(batch["label"].shape, task, jnp.int32)}
 

@@ -72,11 +72,18 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
         total_steps=config.total_steps,
         input_size=int(np.prod(sample["image"].shape)),
     )
-    model = get_model(config.model, num_classes=task.model_outputs, bn_axis_name=par.axis_name)
     transform = _image_transform(config.data, task.transform())
     augment = data.make_augment(**config.data.augment)
     sample = transform(sources["train"][0])
     inputs = task.inputs({k: v[None] for k, v in sample.items()})
+    model = get_model(
+        config.model,
+        num_classes=task.model_outputs,
+        bn_axis_name=par.axis_name,
+        input_shape=inputs.shape[1:],
+    )
+    if hasattr(task, "check_model"):  # e.g. a VAE objective needs a model with a Gaussian encoder
+        task.check_model(model)
     if transfer.caches_features(config):
         if augment is not None:
             raise ConfigError(

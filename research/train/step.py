@@ -5,6 +5,7 @@ metrics and eval sums are averaged or summed across devices explicitly. Under `j
 NamedSharding the step sees the global batch and XLA inserts the collectives.
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,13 @@ from research.train.state import TrainState, eval_params, model_variables
 from research.train.teacher import Teacher
 
 Batch = dict[str, jax.Array]
+
+# Sub-streams of a step's (per-device) key. Dropout keeps the key itself, so adding streams
+# leaves every earlier run's dropout masks bit-identical.
+SAMPLE_STREAM, PREPARE_STREAM = 1, 2
+# The eval key: fold_in(state.rng, EVAL_STREAM), fixed across evaluations so that stochastic
+# eval metrics (sampled latents, corrupted inputs) are deterministic. No train step reaches it.
+EVAL_STREAM = 2**32 - 1
 
 
 def make_train_step(
@@ -51,16 +59,23 @@ def make_train_step(
     batch from the step's key before the model sees it, the same on any number of devices.
     With a `teacher` the objective is its distillation loss (the task's metrics are still
     reported; `train/distill_kl` and `train/ce` are the two parts).
+
+    Randomness: the step's key `fold_in(state.rng, step)` (folded with the device index under
+    pmap) is the model's "dropout" stream; `fold_in(key, SAMPLE_STREAM)` is its "sample" stream
+    (e.g. a VAE's reparameterisation noise) and `fold_in(key, PREPARE_STREAM)` is what
+    `task.prepare` draws from (e.g. input corruption).
     """
     tx, regularizer = optimizer.tx, optimizer.regularizer
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        rng = jax.random.fold_in(state.rng, state.step)
-        batch = task.prepare(batch, state.step)
-        if batch_mixer is not None:  # before the per-device fold: jit and pmap mix alike
-            batch = batch_mixer(rng, batch)
+        step_rng = jax.random.fold_in(state.rng, state.step)
+        rng = step_rng
         if axis_name is not None:  # independent dropout masks per device shard
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+        batch = task.prepare(batch, state.step, jax.random.fold_in(rng, PREPARE_STREAM))
+        if batch_mixer is not None:  # the undivided key: jit and pmap mix alike
+            batch = batch_mixer(step_rng, batch)
+        rngs = {"dropout": rng, "sample": jax.random.fold_in(rng, SAMPLE_STREAM)}
 
         def loss_fn(params: Any) -> tuple[jax.Array, tuple[dict, dict]]:
             with nn.intercept_methods(_bn_inference if batch_norm_inference else _as_is):
@@ -68,7 +83,7 @@ def make_train_step(
                     model_variables(state, params),
                     task.inputs(batch),
                     train=not inference_mode,
-                    rngs={"dropout": rng},
+                    rngs=rngs,
                     mutable=["batch_stats"],
                 )
             loss, metrics = task.loss(outputs, aux, batch)
@@ -156,11 +171,25 @@ def _updated_ema(extras: dict, params: Any, decay: float | None) -> dict:
 def make_eval_step(
     model: nn.Module, task: Task, *, axis_name: str | None = None
 ) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
-    """`(state, batch) -> sums`: the task's masked statistics for one (padded) batch."""
+    """`(state, batch) -> sums`: the task's masked statistics for one (padded) batch.
+
+    The model gets a "sample" key fixed for the run (from `state.rng`, folded with the device
+    index under pmap), so evaluating the same state twice gives the same sums. A task with an
+    `eval_outputs(apply, batch, rng)` method runs the model itself (e.g. several posterior
+    samples per example); `apply` is `model.apply` with the evaluated variables bound.
+    """
 
     def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
         variables = model_variables(state, eval_params(state))
-        outputs, aux = model.apply(variables, task.inputs(batch), train=False)
+        rng = jax.random.fold_in(state.rng, EVAL_STREAM)
+        if axis_name is not None:
+            rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+        eval_outputs = getattr(task, "eval_outputs", None)
+        if eval_outputs is not None:
+            outputs, aux = eval_outputs(functools.partial(model.apply, variables), batch, rng)
+        else:
+            inputs = task.inputs(batch)
+            outputs, aux = model.apply(variables, inputs, train=False, rngs={"sample": rng})
         sums = task.eval_sums(outputs, aux, batch)
         return jax.lax.psum(sums, axis_name) if axis_name is not None else sums
 
