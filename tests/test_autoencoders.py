@@ -435,7 +435,7 @@ def data_dir(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("tfds"))
 
 
-def _tiny_run(tmp_path, data_dir, monkeypatch, kind):
+def _tiny_run(tmp_path, data_dir, monkeypatch, kind, sigterm_at=None, **extra):
     overrides = {
         "total_epochs": None,
         "total_steps": 50,
@@ -453,14 +453,17 @@ def _tiny_run(tmp_path, data_dir, monkeypatch, kind):
     if kind == "vae":
         overrides |= {"task.kl_warmup_steps": 20, "task.iwae_samples": 8}
     path = ROOT / "configs" / "generative" / f"{kind}_digits.py"
-    result = _in_process(tmp_path / kind, data_dir, overrides, monkeypatch, config_path=path)
-    rows = [json.loads(line) for line in (tmp_path / kind / "metrics.jsonl").open()]
-    return result.summary, rows
+    overrides |= extra
+    result = _in_process(tmp_path, data_dir, overrides, monkeypatch, sigterm_at, config_path=path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    return result, rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["ae", "vae"])
 def test_tiny_run_reconstruction_error_falls(tmp_path, data_dir, monkeypatch, kind):
-    summary, rows = _tiny_run(tmp_path, data_dir, monkeypatch, kind)
+    result, rows = _tiny_run(tmp_path, data_dir, monkeypatch, kind)
+    summary = result.summary
     eval_mse = {r["step"]: r["eval/mse"] for r in rows if "eval/mse" in r}
     assert eval_mse[50] < 0.8 * eval_mse[10], eval_mse
     train = [r["train/reconstruction"] for r in rows if "train/reconstruction" in r]
@@ -472,3 +475,21 @@ def test_tiny_run_reconstruction_error_falls(tmp_path, data_dir, monkeypatch, ki
         assert summary["test/loss"] == -summary["test/elbo"]
         assert summary["test/iwae"] > summary["test/elbo"]
         assert 0 <= summary["test/active_units"] <= 4
+
+
+def _losses(rows: list[dict]) -> dict[int, float]:
+    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+@pytest.mark.slow
+def test_denoising_vae_resumes_exactly(tmp_path, data_dir, monkeypatch):
+    """Corruption and reparameterisation noise are functions of (seed, step): a run stopped by
+    SIGTERM and resumed logs the same losses and final metrics as an uninterrupted one."""
+    noisy = {"task.corruption": "salt_pepper", "checkpoint.every_steps": 10}
+    whole, rows = _tiny_run(tmp_path / "whole", data_dir, monkeypatch, "vae", **noisy)
+    first, _ = _tiny_run(tmp_path / "split", data_dir, monkeypatch, "vae", sigterm_at=23, **noisy)
+    assert first.status == "preempted"
+    second, resumed = _tiny_run(tmp_path / "split", data_dir, monkeypatch, "vae", **noisy)
+    assert _losses(resumed) == _losses(rows) and len(_losses(rows)) == 50
+    for key in ("test/elbo", "test/iwae", "test/mse", "test/input_mse"):
+        assert second.summary[key] == whole.summary[key], key
