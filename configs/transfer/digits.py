@@ -24,20 +24,11 @@ Expected result: see the README's transfer-learning table (measured with these c
 import ml_collections
 
 from research import sweep
-from research.config import base_config
+from research.config import TRANSFER_STRATEGIES, base_config
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
-STRATEGIES = (
-    "scratch",
-    "linear_probe",
-    "finetune",
-    "partial",
-    "progressive",
-    "llrd",
-    "l2sp",
-    "ewc",
-)
+STRATEGIES = tuple(s for s in TRANSFER_STRATEGIES if s != "none")  # scratch ... ewc
 SHOTS = (5, 10, 20)
 SEEDS = (0, 1, 2, 3, 4)
 PRETRAINED = "runs/transfer_digits/pretrain"
