@@ -18,7 +18,11 @@ One target run: python launch/train.py --config=configs/transfer/digits.py \\
 `get_sweep()`: strategy (scratch, linear_probe, finetune, partial, progressive, llrd, l2sp, ewc)
 x k in (5, 10, 20) labels per class x seeds 0-4 (the seed also draws the k-shot subset).
 
-Expected result: see the README's transfer-learning table (measured with these commands).
+Expected result (measured with these commands; the README has the whole table): pretraining
+reaches test accuracy 0.994 on digits 0-4 (395 steps). At k=10, mean test accuracy over seeds
+0-4: scratch 0.730, linear_probe 0.693, finetune 0.874, partial 0.782, progressive 0.754,
+llrd 0.854, l2sp 0.851, ewc 0.844; the source task's accuracy with the transferred backbone is
+0.843 after fine-tuning and 0.94-0.96 with ewc / llrd / partial (0.994 for the probe).
 """
 
 import ml_collections
