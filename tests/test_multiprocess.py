@@ -157,8 +157,13 @@ def _during_training(logged: list[dict]) -> list[dict]:
 
     The final eval/test row is left out: a process other than 0 logs it only if it finds no such
     row in process 0's metrics.jsonl yet (the loop's rerun check), which is a matter of timing.
+    Wall times are each process's own clock, so they are left out too.
     """
-    return [row for row in logged if not any(k.startswith("test/") for k in row)]
+    return [
+        {k: v for k, v in row.items() if not k.endswith("/wall_time")}
+        for row in logged
+        if not any(k.startswith("test/") for k in row)
+    ]
 
 
 def _final_metrics(summary: dict) -> dict[str, float]:
@@ -169,7 +174,9 @@ def _final_metrics(summary: dict) -> dict[str, float]:
     return {
         k: v
         for k, v in summary.items()
-        if k.startswith(("eval/", "test/")) and not isinstance(v, list)
+        if k.startswith(("eval/", "test/"))
+        and not k.endswith("/wall_time")
+        and not isinstance(v, list)
     }
 
 

@@ -8,6 +8,7 @@ activations must agree to 1e-4 of the largest reference value.
 """
 
 import hashlib
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -383,7 +384,7 @@ def test_launch_port_writes_a_checkpoint_init_from_can_read(reference, tmp_path)
     assert record["model"] == {"name": "resnet18", "num_classes": NUM_CLASSES}
     assert record["preprocessing"]["mean"] == list(tv.MEAN)
     assert record["preprocessing"]["std"] == list(tv.STD)
-    assert record["versions"]["torch"] == torch.__version__
+    assert record["versions"]["torch"] == importlib.metadata.version("torch")
     assert record["created_utc"].endswith("+00:00")
 
     # What the trainer does for init_from=DIR: restore params and batch_stats from checkpoints/.
