@@ -21,6 +21,7 @@ TINY = {
     "model.dense_features": 16,
     "log_every_steps": 5,
     "eval_every_steps": 10,
+    "parallel.num_devices": 1,  # what is tested here does not depend on the device count
 }
 
 
