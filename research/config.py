@@ -125,6 +125,9 @@ def _data_defaults() -> ml_collections.ConfigDict:
             "classes": config_dict.placeholder(tuple),
             "train_examples_per_class": config_dict.placeholder(int),
             "subset_seed": 0,
+            # Anomaly detection: drop these classes from the train split only (labels are kept
+            # as they are; eval and test still hold them), see evaluation.anomaly_classes.
+            "train_exclude_classes": (),
             # Images: resize every split to image_size x image_size (variable-size datasets such
             # as caltech101 need it); `preprocess` "SOURCE:ARCH" (e.g. "keras:vgg16") applies a
             # ported model's input preprocessing to 0-255 pixels instead of scaling to [0, 1].
@@ -164,13 +167,17 @@ def _transfer_defaults() -> ml_collections.ConfigDict:
 
 
 def _evaluation_defaults() -> ml_collections.ConfigDict:
-    # Artifacts of the final test pass for image classifiers (research/train/artifacts.py).
+    # Artifacts of the final test pass for image classifiers (research/train/artifacts.py) and
+    # reconstruction runs (research/train/generative_artifacts.py).
     return ml_collections.ConfigDict(
         {
             "artifacts": True,
-            "embedding_examples": 1000,  # PCA / t-SNE of pre_logits features
+            "embedding_examples": 1000,  # PCA / t-SNE of pre_logits features (or latents)
             "gradcam_examples": 8,
             "gradcam_layer": config_dict.placeholder(str),  # None -> the last stage{s} module
+            # Reconstruction runs: labels scored as anomalies by reconstruction error / -ELBO
+            # (usually the data.train_exclude_classes); () -> no anomaly metrics.
+            "anomaly_classes": (),
         }
     )
 

@@ -213,8 +213,13 @@ def embed(features: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
         return {"PCA": PCA(2).fit_transform(features), "t-SNE": tsne.fit_transform(features)}
 
 
-def plot_embedding(coords: dict[str, np.ndarray], labels: np.ndarray, path: Path) -> Path:
-    """Side-by-side scatter plots of each 2-D embedding, coloured by class."""
+def plot_embedding(
+    coords: dict[str, np.ndarray],
+    labels: np.ndarray,
+    path: Path,
+    subject: str = "pre-logit features",
+) -> Path:
+    """Side-by-side scatter plots of each 2-D embedding of `subject`, coloured by class."""
     classes = np.unique(labels)
     cmap = matplotlib.colormaps["tab10" if classes.size <= 10 else "tab20"]
     fig = Figure(figsize=(5 * len(coords), 4.4))
@@ -223,7 +228,7 @@ def plot_embedding(coords: dict[str, np.ndarray], labels: np.ndarray, path: Path
         for i, k in enumerate(classes):
             chosen = labels == k
             ax.scatter(*xy[chosen].T, s=8, color=cmap(i % cmap.N), label=str(k), alpha=0.8)
-        ax.set_title(f"{name} of pre-logit features ({labels.size} test examples)")
+        ax.set_title(f"{name} of {subject} ({labels.size} test examples)")
         ax.set_xticks([])
         ax.set_yticks([])
     if classes.size <= 20:

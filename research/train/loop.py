@@ -22,7 +22,7 @@ from research.checkpoint import Checkpointer
 from research.manifest import build_manifest
 from research.optim import rules
 from research.tracking import Progress, Tracker, read_metrics, resolve_wandb_mode
-from research.train import artifacts, continual, evaluation, transfer
+from research.train import artifacts, continual, evaluation, generative_artifacts, transfer
 from research.train.hooks import Monitor, Preemption, check_finite, every
 from research.train.setup import Run, build_run
 from research.train.workdir import check_workdir, write_run_files
@@ -63,6 +63,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> RunResult:
     workdir = Path(workdir)
     run = build_run(config)
     artifacts.check_config(run)
+    generative_artifacts.check_config(run)
     config_json = cfg.to_json(run.config)
     check_workdir(workdir, config_json)
     resolve_wandb_mode(run.config.tracking.wandb_mode)  # a bad mode fails before any write
@@ -305,6 +306,13 @@ def _finish(ctx: _Context, state: Any) -> dict:
         figures, extra = artifacts.write_artifacts(
             run, state, ctx.workdir / "plots", confusion=test_sums["confusion"], rows=rows
         )
+        summary.update(extra)
+    if _is_main() and generative_artifacts.wanted(run):  # PCA baseline, probe, anomaly, images
+        plots_on = bool(run.config.tracking.plots)
+        generated, extra = generative_artifacts.write_artifacts(
+            run, state, ctx.workdir / "plots", plots=plots_on
+        )
+        figures += generated
         summary.update(extra)
     ctx.tracker.write_summary(summary)
     if run.config.tracking.plots and _is_main():

@@ -18,6 +18,7 @@ import numpy as np
 
 from research import config as cfg
 from research import data
+from research.data.subsets import SubsetSource, labels_of
 from research.errors import ConfigError
 from research.models import get_model
 from research.optim import Optimizer, build_optimizer
@@ -208,6 +209,8 @@ def _open_sources(d: Any, info: data.DatasetInfo) -> tuple[dict[str, Any], int |
         prefix: data.open_source(info.name, split, d.data_dir, in_memory=d.in_memory)
         for prefix, split in split_names(d, info.splits).items()
     }
+    if d.train_exclude_classes:
+        sources["train"] = _exclude_classes(sources["train"], d)
     if d.classes is None and d.train_examples_per_class is None:
         return sources, info.num_classes
     for prefix, split in split_names(d, info.splits).items():
@@ -216,6 +219,29 @@ def _open_sources(d: Any, info: data.DatasetInfo) -> tuple[dict[str, Any], int |
             sources[prefix], classes=d.classes, per_class=per_class, seed=d.subset_seed, split=split
         )
     return sources, len(d.classes) if d.classes is not None else info.num_classes
+
+
+def _exclude_classes(source: Any, d: Any) -> Any:
+    """The train source without the records of `data.train_exclude_classes` (labels unchanged:
+    an anomaly-detection run trains on the normal classes and is tested on all of them)."""
+    if d.classes is not None:
+        raise ConfigError(
+            "data.train_exclude_classes and data.classes cannot be combined (the latter relabels)"
+        )
+    labels = labels_of(source)
+    excluded = [int(c) for c in d.train_exclude_classes]
+    missing = sorted(set(excluded) - set(labels.tolist()))
+    if missing:
+        raise ConfigError(
+            f"data.train_exclude_classes: class {missing[0]} is not in the train split"
+        )
+    keep = np.flatnonzero(~np.isin(labels, excluded))
+    if keep.size == 0:
+        raise ConfigError("data.train_exclude_classes leaves no train examples")
+    identity = np.arange(int(labels.max()) + 1)
+    if isinstance(source, data.ArraySource):
+        return data.ArraySource({k: np.asarray(v)[keep] for k, v in source.arrays.items()})
+    return SubsetSource(source, keep, identity)
 
 
 def _image_transform(d: Any, base: Callable[[dict], dict]) -> Callable[[dict], dict]:
