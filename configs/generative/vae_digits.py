@@ -49,3 +49,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint.best_metric = "eval/loss"
     c.checkpoint.best_mode = "min"
     return c
+
+
+BETAS = (0.5, 1.0, 2.0, 4.0)
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    """beta-VAE: the KL weight from 0.5 to 4 (with `arg` "conv", the convolutional VAE)."""
+    del arg  # the model comes from the config's own arg
+    return [{"task.beta": beta} for beta in BETAS]
