@@ -317,3 +317,32 @@ def test_conv_vae_mnist_config_runs_on_mock_data(tmp_path):
     assert summary["test/pca_mse"] == pytest.approx(_svd_errors(train, test, 2).mean(), rel=1e-6)
     assert 0.0 <= summary["probe/test_accuracy"] <= 1.0 and summary["test/active_units"] <= 2
     assert not (tmp_path / "run" / "plots").exists()
+
+
+SWEPT = ("anomaly_digits", "vae_digits")
+
+
+@pytest.mark.parametrize(
+    "name, args, bad",
+    [
+        ("dae_digits", ("masking", "gaussian"), "salt"),
+        ("sparse_ae_digits", ("l1", "kl"), "l2"),
+        ("anomaly_digits", ("8", "3"), "10"),
+        ("vae_digits", (None, "conv"), None),
+        ("conv_vae_mnist", ("mnist", "fashion_mnist"), "cifar10"),
+    ],
+)
+def test_generative_configs_load_and_their_sweeps_apply(name, args, bad):
+    path = ROOT / "configs" / "generative" / f"{name}.py"
+    for arg in args:
+        config = cfg.load_config_file(path, arg)
+        assert config.task.name == "reconstruction"
+        if name == "anomaly_digits":
+            assert config.data.train_exclude_classes == config.evaluation.anomaly_classes
+            assert config.evaluation.anomaly_classes == (int(arg),)
+        if name in SWEPT:
+            for overrides in cfg.config_function(path, "get_sweep")(arg):
+                cfg.apply_overrides(config, overrides)
+    if bad is not None:
+        with pytest.raises(ValueError, match="choose one of"):
+            cfg.load_config_file(path, bad)
