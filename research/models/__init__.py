@@ -16,6 +16,7 @@ from research.models.cnn import CNN
 from research.models.layers import get_activation, get_kernel_init, resolve_dtype
 from research.models.mlp import MLP
 from research.models.mobilenet import MobileNetV2
+from research.models.recurrent import RecurrentNet
 from research.models.resnet import ResNet
 from research.models.vae import LIKELIHOODS, VAE, ConvVAE
 from research.models.vgg import VGG
@@ -78,6 +79,11 @@ MODELS: Mapping[str, tuple[type[nn.Module], Mapping[str, Any]]] = MappingProxyTy
                 "last_features": 32,
             },
         ),
+        **{cell: (RecurrentNet, {"cell": cell}) for cell in ("rnn", "lstm", "gru")},
+        **{
+            f"{cell}_tiny": (RecurrentNet, {"cell": cell, "hidden_sizes": (8,)})
+            for cell in ("rnn", "lstm", "gru")
+        },
         "ae": (Autoencoder, {}),
         "ae_tiny": (Autoencoder, {"hidden_sizes": (16,), "latent_size": 4}),
         "conv_ae": (ConvAutoencoder, {}),

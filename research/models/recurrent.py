@@ -1,0 +1,391 @@
+"""Recurrent networks: vanilla RNN, LSTM and GRU cells and a stacked sequence model over them.
+
+The cells follow the course material's equations and plug into `flax.linen.RNN` (a `scan` over
+time, no Python unrolling). Each keeps one fused input kernel, one fused recurrent kernel and one
+bias, with the gates side by side in the last axis, so a step costs two matmuls:
+
+- `SimpleRNNCell`: h_t = tanh(W_x x_t + W_h h_{t-1} + b).
+- `LSTMCell`, gates in the order (i, f, g, o) as flax, Keras and PyTorch keep them:
+  i, f, o = sigmoid(W_x* x_t + W_h* h_{t-1} + b*), g = tanh(W_xg x_t + W_hg h_{t-1} + b_g),
+  c_t = f * c_{t-1} + i * g, h_t = o * tanh(c_t); the forget bias starts at `forget_bias`.
+- `GRUCell`, gates (r, z, n), the "reset after" convention of flax, PyTorch and Keras
+  (`reset_after=True`): r = sigmoid(W_xr x + b_r + W_hr h), z = sigmoid(W_xz x + b_z + W_hz h),
+  n = tanh(W_xn x + b_n + r * (W_hn h + b_hn)), h_t = (1 - z) * n + z * h_{t-1}; z is the share
+  of the old state that is kept.
+
+Input kernels start glorot (or any `KERNEL_INITS` name), recurrent kernels orthogonal gate by gate,
+biases at zero except the LSTM forget gate. With `recurrent_dropout` (and `deterministic=False`)
+the state entering the recurrent kernel is multiplied by one dropout mask drawn once per sequence
+(variational dropout, Gal & Ghahramani): the `dropout` rng must not be split over time steps,
+which `RecurrentNet` arranges by scanning with `split_rngs={"params": False, "dropout": False}`.
+The carry stays float32 whatever the compute `dtype`, so long scans do not drift in bfloat16.
+
+`RecurrentNet` stacks layers `layer{i}` (each `forward` and, when bidirectional, `backward`
+RNNs over a `cell`, then an optional `norm`), pools the last layer's states (the state at each
+sequence's last real step, or attention over the real steps) and applies a linear `head`.
+"""
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.errors import ConfigError, DataError
+from research.models.layers import Initializer, dense, get_kernel_init
+
+POOLINGS = ("last", "attention")
+
+
+def _per_gate(base: Initializer, num_gates: int) -> Initializer:
+    """An initializer for a fused (fan_in, num_gates * features) kernel that initialises each
+    gate's block on its own, so every gate's recurrent block is orthogonal by itself."""
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        fan_in, total = shape
+        keys = jax.random.split(key, num_gates)
+        blocks = [base(k, (fan_in, total // num_gates), dtype) for k in keys]
+        return jnp.concatenate(blocks, axis=-1)
+
+    return init
+
+
+class _RecurrentCell(nn.RNNCellBase):
+    """Shared fields and the two fused projections of the cells below."""
+
+    features: int
+    kernel_init: str = "glorot"
+    recurrent_kernel_init: str = "orthogonal"
+    init_scale: float = 0.01
+    recurrent_dropout: float = 0.0
+    deterministic: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    num_gates = 1  # class constant, not a field
+
+    def _bias_init(self, key: jax.Array, shape: Sequence[int], dtype: Any) -> jax.Array:
+        return jnp.zeros(shape, dtype)
+
+    def _project(self, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(W_x x + b, W_h h') for all gates at once; h' is h after the variational mask."""
+        fused = self.num_gates * self.features
+        w_x = self.param(
+            "input_kernel",
+            _per_gate(get_kernel_init(self.kernel_init, self.init_scale), self.num_gates),
+            (x.shape[-1], fused),
+            self.param_dtype,
+        )
+        w_h = self.param(
+            "recurrent_kernel",
+            _per_gate(get_kernel_init(self.recurrent_kernel_init, self.init_scale), self.num_gates),
+            (self.features, fused),
+            self.param_dtype,
+        )
+        b = self.param("bias", self._bias_init, (fused,), self.param_dtype)
+        h = self._drop_recurrent(h)
+        x_part = jnp.dot(x.astype(self.dtype), w_x.astype(self.dtype)) + b.astype(self.dtype)
+        return x_part, jnp.dot(h.astype(self.dtype), w_h.astype(self.dtype))
+
+    def _drop_recurrent(self, h: jax.Array) -> jax.Array:
+        """Variational dropout on the recurrent input: the rng is the same at every step of a
+        scan that does not split `dropout`, hence so is the mask."""
+        rate = self.recurrent_dropout
+        if self.deterministic or rate == 0.0:
+            return h
+        keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, h.shape)
+        return jnp.where(keep, h / (1.0 - rate), 0.0).astype(h.dtype)
+
+    @nn.nowrap
+    def initialize_carry(self, rng: jax.Array, input_shape: tuple[int, ...]) -> Any:
+        """A zero state for inputs of shape (*batch, features); the rng is unused."""
+        del rng
+        return jnp.zeros((*input_shape[:-1], self.features), self.param_dtype)
+
+    @property
+    def num_feature_axes(self) -> int:
+        """One feature axis: inputs are (*batch, features)."""
+        return 1
+
+
+class SimpleRNNCell(_RecurrentCell):
+    """Elman cell: h_t = tanh(W_x x_t + W_h h_{t-1} + b); the carry and the output are h."""
+
+    num_gates = 1
+
+    @nn.compact
+    def __call__(self, carry: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x_part, h_part = self._project(carry, x)
+        h = jnp.tanh(x_part + h_part).astype(carry.dtype)
+        return h, h
+
+
+class LSTMCell(_RecurrentCell):
+    """LSTM cell with gates (i, f, g, o); carry (c, h) as flax's, output h.
+
+    `forget_bias` is the forget gate's initial bias: 1.0 keeps the cell state flowing at the start
+    of training, so gradients reach early steps (Jozefowicz et al., 2015).
+    """
+
+    forget_bias: float = 1.0
+    num_gates = 4
+
+    def _bias_init(self, key: jax.Array, shape: Sequence[int], dtype: Any) -> jax.Array:
+        bias = jnp.zeros(shape, dtype)
+        return bias.at[self.features : 2 * self.features].set(self.forget_bias)
+
+    @nn.compact
+    def __call__(
+        self, carry: tuple[jax.Array, jax.Array], x: jax.Array
+    ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+        c, h = carry
+        x_part, h_part = self._project(h, x)
+        i, f, g, o = jnp.split(x_part + h_part, 4, axis=-1)
+        new_c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
+        new_h = nn.sigmoid(o) * jnp.tanh(new_c)
+        new_c, new_h = new_c.astype(c.dtype), new_h.astype(h.dtype)
+        return (new_c, new_h), new_h
+
+    @nn.nowrap
+    def initialize_carry(
+        self, rng: jax.Array, input_shape: tuple[int, ...]
+    ) -> tuple[jax.Array, jax.Array]:
+        """Zero (c, h) for inputs of shape (*batch, features)."""
+        zeros = super().initialize_carry(rng, input_shape)
+        return zeros, zeros
+
+
+class GRUCell(_RecurrentCell):
+    """GRU cell with gates (r, z, n), reset applied after the recurrent product (flax, PyTorch
+    and Keras `reset_after=True`); h_t = (1 - z) * n + z * h_{t-1}. The candidate's recurrent
+    term has its own bias `recurrent_bias` because r scales it."""
+
+    num_gates = 3
+
+    @nn.compact
+    def __call__(self, carry: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x_part, h_part = self._project(carry, x)
+        b_hn = self.param("recurrent_bias", nn.initializers.zeros, (self.features,))
+        x_r, x_z, x_n = jnp.split(x_part, 3, axis=-1)
+        h_r, h_z, h_n = jnp.split(h_part, 3, axis=-1)
+        r = nn.sigmoid(x_r + h_r)
+        z = nn.sigmoid(x_z + h_z)
+        n = jnp.tanh(x_n + r * (h_n + b_hn.astype(self.dtype)))
+        h = ((1.0 - z) * n + z * carry.astype(self.dtype)).astype(carry.dtype)
+        return h, h
+
+
+CELLS: Mapping[str, type[_RecurrentCell]] = MappingProxyType(
+    {"rnn": SimpleRNNCell, "lstm": LSTMCell, "gru": GRUCell}
+)
+
+
+def make_cell(kind: str, features: int, **options: Any) -> _RecurrentCell:
+    """The cell named `kind` (rnn | lstm | gru); `forget_bias` is dropped for non-LSTM cells."""
+    if kind not in CELLS:
+        raise ConfigError(f"unknown model.cell '{kind}'; known: {', '.join(CELLS)}")
+    if kind != "lstm":
+        options.pop("forget_bias", None)
+    return CELLS[kind](features, **options)
+
+
+def _scan(cell: _RecurrentCell, name: str, **options: Any) -> nn.RNN:
+    """nn.RNN over `cell` with the dropout rng broadcast over time (one mask per sequence)."""
+    return nn.RNN(cell, split_rngs={"params": False, "dropout": False}, name=name, **options)
+
+
+class RecurrentLayer(nn.Module):
+    """One recurrent layer: `forward` (and `backward`, run on each sequence reversed within its
+    real length and re-aligned) RNNs, outputs concatenated per step, then optional `norm`."""
+
+    cell: str
+    features: int
+    bidirectional: bool = False
+    layer_norm: bool = False
+    cell_options: Mapping[str, Any] | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, seq_lengths: jax.Array | None, *, train: bool) -> jax.Array:
+        # parent=None: each RNN adopts its cell as `cell`, giving paths like layer1/forward/cell.
+        options = {**(self.cell_options or {}), "deterministic": not train, "parent": None}
+        forward = _scan(make_cell(self.cell, self.features, **options), "forward")
+        states = forward(x, seq_lengths=seq_lengths)
+        if self.bidirectional:
+            backward = _scan(
+                make_cell(self.cell, self.features, **options),
+                "backward",
+                reverse=True,
+                keep_order=True,
+            )
+            states = jnp.concatenate([states, backward(x, seq_lengths=seq_lengths)], axis=-1)
+        if self.layer_norm:
+            states = nn.LayerNorm(dtype=options["dtype"], name="norm")(states)
+        return states
+
+
+class RecurrentNet(nn.Module):
+    """A stack of recurrent layers `layer{i}`, pooling over time and a linear `head`.
+
+    Inputs are (batch, time, features) floats; (batch, time) is one feature and trailing axes
+    beyond the features are flattened (an image becomes a sequence of rows). `cell` is one of
+    rnn | lstm | gru, or a tuple naming each layer's cell (("lstm", "gru") is the LSTM->GRU
+    hybrid). `pooling` "last" takes the state at each sequence's last real step (for a
+    bidirectional layer: the forward half there and the backward half at step 0, where the
+    backward run ends); "attention" scores each real step (additive attention, `attention`) and
+    averages the states with the softmax weights. The head has `num_outputs` units when set
+    (regression, e.g. a forecast horizon), else `num_classes` logits.
+
+    Variable lengths: `seq_lengths` (batch,) ints, or `mask` (batch, time), true on real steps,
+    which must come first (right padding); every length is at least 1. Padded steps never change
+    the outputs; their states are zeros in `aux["states"]`. `dropout_rate` is ordinary dropout on
+    each layer's outputs (one mask per sequence), `recurrent_dropout` the cells' variational one.
+    aux: "states" (last layer, per step), "pre_logits" (pooled), "attention" (weights, when used).
+    """
+
+    num_classes: int = 0
+    num_outputs: int | None = None
+    cell: str | Sequence[str] = "lstm"
+    hidden_sizes: Sequence[int] = (64,)
+    bidirectional: bool = False
+    pooling: str = "last"
+    recurrent_dropout: float = 0.0
+    dropout_rate: float = 0.0
+    layer_norm: bool = False
+    forget_bias: float = 1.0
+    kernel_init: str = "glorot"
+    init_scale: float = 0.01
+    dtype: Any = jnp.float32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._validate()
+
+    def _validate(self) -> None:
+        """Fail at construction on options that cannot build a model."""
+        if not self.hidden_sizes:
+            raise ConfigError("model.hidden_sizes must name at least one layer")
+        cells = self.layer_cells
+        if len(cells) != len(self.hidden_sizes):
+            raise ConfigError(
+                f"model.cell names {len(cells)} cells for {len(self.hidden_sizes)} layers "
+                "(model.hidden_sizes); give one cell or one per layer"
+            )
+        for kind in cells:
+            if kind not in CELLS:
+                raise ConfigError(f"unknown model.cell '{kind}'; known: {', '.join(CELLS)}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"unknown model.pooling '{self.pooling}'; known: {POOLINGS}")
+        for key in ("recurrent_dropout", "dropout_rate"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"model.{key} must be in [0, 1), got {getattr(self, key)}")
+        if self.head_size < 1:
+            raise ConfigError(
+                f"model.num_outputs / num_classes must be positive, got {self.head_size}"
+            )
+
+    @property
+    def layer_cells(self) -> tuple[str, ...]:
+        """The cell of each layer."""
+        if isinstance(self.cell, str):
+            return (self.cell,) * len(self.hidden_sizes)
+        return tuple(self.cell)
+
+    @property
+    def head_size(self) -> int:
+        """Units of the head: `num_outputs` when set, else `num_classes`."""
+        return self.num_classes if self.num_outputs is None else self.num_outputs
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        train: bool,
+        seq_lengths: jax.Array | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict]:
+        x = _as_sequence(x).astype(self.dtype)
+        seq_lengths = _lengths(seq_lengths, mask)
+        real = _real_steps(x.shape[0], x.shape[1], seq_lengths)
+        options = {
+            "kernel_init": self.kernel_init,
+            "init_scale": self.init_scale,
+            "recurrent_dropout": self.recurrent_dropout,
+            "forget_bias": self.forget_bias,
+            "dtype": self.dtype,
+        }
+        cells = zip(self.layer_cells, self.hidden_sizes, strict=True)
+        for i, (kind, width) in enumerate(cells, start=1):
+            layer = RecurrentLayer(
+                cell=kind,
+                features=width,
+                bidirectional=self.bidirectional,
+                layer_norm=self.layer_norm,
+                cell_options=options,
+                name=f"layer{i}",
+            )
+            x = layer(x, seq_lengths, train=train)
+            x = nn.Dropout(self.dropout_rate, broadcast_dims=(1,), deterministic=not train)(x)
+        states = jnp.where(real[..., None], x, 0)
+        aux = {"states": states}
+        if self.pooling == "last":
+            pooled = _last_state(states, real, self.bidirectional)
+        else:
+            pooled, aux["attention"] = AttentionPool(self.dtype, name="attention")(states, real)
+        aux["pre_logits"] = pooled
+        init = {"kernel_init": self.kernel_init, "init_scale": self.init_scale, "dtype": self.dtype}
+        outputs = dense(self.head_size, name="head", **init)(pooled)
+        return outputs.astype(jnp.float32), aux
+
+
+def _as_sequence(x: jax.Array) -> jax.Array:
+    """(batch, time) -> (batch, time, 1); (batch, time, a, b, ...) -> (batch, time, a * b * ...)."""
+    if x.ndim < 2:
+        raise DataError(f"a recurrent model needs (batch, time, features) inputs, got {x.shape}")
+    if x.ndim == 2:
+        return x[..., None]
+    return x.reshape(x.shape[:2] + (-1,))
+
+
+def _lengths(seq_lengths: jax.Array | None, mask: jax.Array | None) -> jax.Array | None:
+    """Sequence lengths from `seq_lengths` or a right-padded `mask`; None when all are full."""
+    if seq_lengths is not None and mask is not None:
+        raise DataError("pass seq_lengths or mask to a recurrent model, not both")
+    if mask is not None:
+        return jnp.sum(mask.astype(jnp.int32), axis=-1)
+    return None if seq_lengths is None else jnp.asarray(seq_lengths, jnp.int32)
+
+
+def _real_steps(batch: int, time: int, seq_lengths: jax.Array | None) -> jax.Array:
+    """(batch, time) booleans, true on each sequence's real (unpadded) steps."""
+    if seq_lengths is None:
+        return jnp.ones((batch, time), bool)
+    return jnp.arange(time)[None, :] < seq_lengths[:, None]
+
+
+def _last_state(states: jax.Array, real: jax.Array, bidirectional: bool) -> jax.Array:
+    """The state at each sequence's last real step; a backward half is taken at step 0."""
+    last = jnp.sum(real, axis=1) - 1
+    final = jnp.take_along_axis(states, last[:, None, None], axis=1)[:, 0]
+    if not bidirectional:
+        return final
+    half = states.shape[-1] // 2
+    return jnp.concatenate([final[:, :half], states[:, 0, half:]], axis=-1)
+
+
+class AttentionPool(nn.Module):
+    """Additive attention over time: score_t = v . tanh(W s_t + b) (`proj`, `score`), softmax
+    over real steps (padded steps get weight exactly 0), pooled = sum_t weight_t s_t."""
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, states: jax.Array, real: jax.Array) -> tuple[jax.Array, jax.Array]:
+        hidden = nn.Dense(states.shape[-1], dtype=self.dtype, name="proj")(states)
+        scores = nn.Dense(1, use_bias=False, dtype=self.dtype, name="score")(jnp.tanh(hidden))
+        scores = jnp.where(real, scores[..., 0].astype(jnp.float32), -jnp.inf)
+        weights = jax.nn.softmax(scores, axis=1)  # float32, for plots and sums
+        pooled = jnp.einsum("bt,btf->bf", weights.astype(states.dtype), states)
+        return pooled, weights
