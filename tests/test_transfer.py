@@ -144,6 +144,9 @@ def test_scratch_ignores_init_from_and_update_mode_moves_statistics(tmp_path, da
     )
     key = "batch_stats/stage1/block1/bn/mean"
     assert not np.array_equal(before[key], updated[key])
+    # Strategy "none" is a plain warm start: everything loaded (head too), BatchNorm as configured.
+    warm = _params(_target(tmp_path, data_dir, source, "none"))
+    assert not np.array_equal(before[key], warm[key])
 
 
 @pytest.mark.slow

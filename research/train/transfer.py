@@ -70,8 +70,10 @@ def is_probe(config: Any) -> bool:
 
 def batch_norm_inference(config: Any) -> bool:
     """Whether BatchNorm runs on the source statistics (inference mode) while training, for the
-    strategies that start from source weights (`transfer.batch_norm`)."""
-    return uses_source(config) and config.transfer.batch_norm == "frozen"
+    strategies that start from source weights (`transfer.batch_norm`); strategy 'none' (a plain
+    warm start) trains as the config says."""
+    t = config.transfer
+    return uses_source(config) and t.strategy != "none" and t.batch_norm == "frozen"
 
 
 def effective_config(config: Any, params: Any) -> ml_collections.FrozenConfigDict:
