@@ -16,10 +16,14 @@ reconstructs the clean test images to 0.0248 (`test/pca_mse`), and the plain aut
 (ae_digits.py, clean input) to 0.0129. probe/test_accuracy 0.922 (masking), 0.942 (gaussian).
 """
 
+from pathlib import Path
+
 import ml_collections
 
-from research.config import base_config
+from research.config import config_function
 from research.tasks.reconstruction import task_config
+
+ae_digits = config_function(Path(__file__).with_name("ae_digits.py"), "get_config")
 
 CORRUPTIONS = {"masking": {"mask_fraction": 0.25}, "gaussian": {"noise_std": 0.3}}
 
@@ -29,24 +33,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     corruption = arg or "masking"
     if corruption not in CORRUPTIONS:
         raise ValueError(f"dae_digits.py:{corruption}: choose one of {', '.join(CORRUPTIONS)}")
-    c = base_config()
-    c.batch_size = 64
-    c.total_epochs = 100.0
-    c.log_every_steps = 100
-    c.eval_every_steps = 500
-    c.model = ml_collections.ConfigDict(
-        {
-            "name": "ae",
-            "hidden_sizes": (128, 64),
-            "latent_size": 8,
-            "activation": "relu",
-            "dtype": "float32",
-        }
-    )
+    c = ae_digits()  # the same model, schedule and checkpointing
     c.task = task_config(loss="bce", corruption=corruption, **CORRUPTIONS[corruption])
-    c.optimizer.learning_rate = 3e-3
-    c.optimizer.warmup_steps = 100
-    c.checkpoint.every_steps = 1000
-    c.checkpoint.best_metric = "eval/loss"
-    c.checkpoint.best_mode = "min"
     return c
