@@ -19,12 +19,23 @@ from tensorflow_datasets.core.utils import tqdm_utils
 from research.data import folder
 from research.data.builders.digits import Digits
 from research.data.builders.digits_canvas import DigitsCanvas
+from research.data.builders.series import Co2, Elnino, Sunspots
+from research.data.builders.synthetic_sequences import Adding, CopyMemory
 from research.data.builders.xor import Xor
 from research.errors import DataError
 
 # Builders whose data ships with installed packages or is generated; built on first use, offline.
 OFFLINE_BUILDERS: Mapping[str, type[tfds.core.DatasetBuilder]] = types.MappingProxyType(
-    {"digits": Digits, "digits_canvas": DigitsCanvas, "xor": Xor}
+    {
+        "digits": Digits,
+        "digits_canvas": DigitsCanvas,
+        "xor": Xor,
+        "sunspots": Sunspots,
+        "co2": Co2,
+        "elnino": Elnino,
+        "adding": Adding,
+        "copy_memory": CopyMemory,
+    }
 )
 
 _RANDOM_ACCESS_FORMATS = (tfds.core.FileFormat.ARRAY_RECORD,)
