@@ -117,6 +117,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "ewc.fisher", ("empirical", "sampled"))
     _check_choice(config, "transfer.batch_norm", ("frozen", "update"))
     _check_choice(config, "transfer.strategy", TRANSFER_STRATEGIES)
+    _check_choice(config, "data.series.scaler", ("standard", "minmax", "none"))
+    _check_choice(config, "data.series.cv", ("expanding", "sliding"))
+    if config.data.text.level is not None:
+        _check_choice(config, "data.text.level", ("char", "word"))
+    if config.data.tbptt and config.parallel.mode != "jit":
+        raise ConfigError(
+            "data.tbptt carries one state per stream of the global batch: use parallel.mode=jit"
+        )
     for key in ("total_steps", "log_every_steps", "eval_batch_size", "checkpoint.keep"):
         if _get(config, key) <= 0:
             raise ConfigError(f"'{key}' must be positive, got {_get(config, key)}")

@@ -130,6 +130,49 @@ def _data_defaults() -> ml_collections.ConfigDict:
                     "min_scale": 1.0,
                 }
             ),
+            "series": _series_defaults(),
+            "text": _text_defaults(),
+            # Truncated BPTT: train on consecutive windows of batch_size parallel streams, in
+            # order, carrying each stream's recurrent state (without gradient) to its next window.
+            "tbptt": False,
+        }
+    )
+
+
+def _series_defaults() -> ml_collections.ConfigDict:
+    # Forecasting from one series (research/data/sequences.py): the dataset's "value" records in
+    # data.train_split, cut into windows; with data.num_folds, time-series cross-validation.
+    return ml_collections.ConfigDict(
+        {
+            "input_steps": 0,  # window length; 0: the dataset is not read as a series
+            "horizon": 1,  # steps forecast at once (direct multi-horizon)
+            "stride": 1,  # between training windows (eval and test use every origin)
+            "targets": (),  # columns of "value" to forecast; () -> all
+            "fractions": (0.7, 0.15, 0.15),  # chronological train / eval / test periods
+            "scaler": "standard",  # standard | minmax | none, fitted on the training period
+            "fill_gaps": True,  # linear interpolation of NaNs, within each period
+            "difference": False,  # predict the change from the last observed value
+            "season": 1,  # seasonal-naive period in steps (sunspots 11, co2 52, elnino 12)
+            "ar_order": config_dict.placeholder(
+                int
+            ),  # linear AR baseline lags; None -> input_steps
+            "cv": "expanding",  # folds with data.num_folds: expanding | sliding
+        }
+    )
+
+
+def _text_defaults() -> ml_collections.ConfigDict:
+    # Tokenized text (research/data/text.py); the vocabulary comes from the train split only.
+    return ml_collections.ConfigDict(
+        {
+            "level": config_dict.placeholder(str),  # char | word; None: not a text dataset
+            "field": "text",  # the dataset's text feature
+            "lowercase": True,
+            "min_count": 1,  # tokens seen fewer times in training are out of vocabulary
+            "max_vocab": config_dict.placeholder(int),  # ids in all, PAD and OOV included
+            "max_length": 256,  # classification: tokens kept per text (right-padded)
+            "truncate": "post",  # post: keep the beginning | pre: keep the end
+            "lm_length": 0,  # > 0: next-token windows of this length (language modelling)
         }
     )
 

@@ -33,6 +33,7 @@ def train_iterator(
     augment: Augment | None = None,
     num_threads: int | None = None,
     prefetch: int = 4,
+    shuffle: bool = True,
 ) -> grain.DatasetIterator:
     """Return an endless iterator over this process's training batches (dicts of numpy arrays).
 
@@ -44,10 +45,12 @@ def train_iterator(
     batches, too, depend only on (seed, step). `get_state()` is a
     JSON-serialisable dict; `set_state()` on a fresh iterator resumes exactly.
     `num_threads=None` picks 0 (synchronous) for an `ArraySource`, else min(4, cores) threads;
-    `prefetch` is the number of batches read ahead when threads are used.
+    `prefetch` is the number of batches read ahead when threads are used. `shuffle=False`
+    reads the source in its own order, epoch after epoch (streams for truncated BPTT).
     """
     offset, size = _process_chunk(global_batch_size, process_index, process_count)
-    stream = grain.MapDataset.range(_checked_len(source)).seed(seed).shuffle().repeat(None)
+    stream = grain.MapDataset.range(_checked_len(source))
+    stream = (stream.seed(seed).shuffle() if shuffle else stream).repeat(None)
     steps = grain.MapDataset.range(len(stream) // global_batch_size)
     batches = steps.map(
         functools.partial(

@@ -102,11 +102,13 @@ def get_model(
     num_classes: int,
     bn_axis_name: str | None = None,
     input_shape: Sequence[int] | None = None,
+    vocab_size: int | None = None,
 ) -> nn.Module:
     """Instantiate `model_config.name` with the config's other keys as constructor arguments.
 
     `num_classes` goes to families with a head; `input_shape` (one example's shape, from the
-    data) to families with a decoder, unless the config sets `model.input_shape` itself.
+    data) to families with a decoder, unless the config sets `model.input_shape` itself;
+    `vocab_size` (token data) to families that embed token ids, unless the config sets it.
     """
     kwargs = dict(model_config)
     name = kwargs.pop("name")
@@ -123,6 +125,8 @@ def get_model(
         kwargs["bn_axis_name"] = bn_axis_name
     if "input_shape" in fields:
         kwargs["input_shape"] = _input_shape(name, kwargs.get("input_shape") or input_shape)
+    if "vocab_size" in fields and vocab_size and not kwargs.get("vocab_size"):
+        kwargs["vocab_size"] = vocab_size  # token inputs: embed them
     unknown = sorted(set(kwargs) - set(fields))
     if unknown:
         raise ConfigError(

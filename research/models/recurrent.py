@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from research.errors import ConfigError, DataError
 from research.models.layers import Initializer, dense, get_kernel_init
 
-POOLINGS = ("last", "attention")
+POOLINGS = ("last", "attention", "none")
 
 
 def _per_gate(base: Initializer, num_gates: int) -> Initializer:
@@ -207,11 +207,21 @@ class RecurrentLayer(nn.Module):
     cell_options: Mapping[str, Any] | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, seq_lengths: jax.Array | None, *, train: bool) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        seq_lengths: jax.Array | None,
+        *,
+        train: bool,
+        initial_carry: Any = None,
+    ) -> tuple[jax.Array, Any]:
+        """(states per step, the forward RNN's final carry)."""
         # parent=None: each RNN adopts its cell as `cell`, giving paths like layer1/forward/cell.
         options = {**(self.cell_options or {}), "deterministic": not train, "parent": None}
         forward = _scan(make_cell(self.cell, self.features, **options), "forward")
-        states = forward(x, seq_lengths=seq_lengths)
+        carry, states = forward(
+            x, seq_lengths=seq_lengths, initial_carry=initial_carry, return_carry=True
+        )
         if self.bidirectional:
             backward = _scan(
                 make_cell(self.cell, self.features, **options),
@@ -222,7 +232,7 @@ class RecurrentLayer(nn.Module):
             states = jnp.concatenate([states, backward(x, seq_lengths=seq_lengths)], axis=-1)
         if self.layer_norm:
             states = nn.LayerNorm(dtype=options["dtype"], name="norm")(states)
-        return states
+        return states, carry
 
 
 class RecurrentNet(nn.Module):
@@ -241,7 +251,13 @@ class RecurrentNet(nn.Module):
     which must come first (right padding); every length is at least 1. Padded steps never change
     the outputs; their states are zeros in `aux["states"]`. `dropout_rate` is ordinary dropout on
     each layer's outputs (one mask per sequence), `recurrent_dropout` the cells' variational one.
-    aux: "states" (last layer, per step), "pre_logits" (pooled), "attention" (weights, when used).
+    With `vocab_size` > 0 the inputs are (batch, time) token ids, looked up in an `embed` table
+    of `embed_dim` columns. `pooling` "none" applies the head at every step (outputs
+    (batch, time, head): language models, per-step labels).
+    Truncated BPTT: `initial_carry` (one cell carry per layer, as `zero_carry` makes) starts the
+    forward RNNs from a given state, and aux "carry" holds each layer's final state.
+    aux: "states" (last layer, per step), "pre_logits" (pooled), "attention" (weights, when used),
+    "carry".
     """
 
     num_classes: int = 0
@@ -250,6 +266,8 @@ class RecurrentNet(nn.Module):
     hidden_sizes: Sequence[int] = (64,)
     bidirectional: bool = False
     pooling: str = "last"
+    vocab_size: int = 0
+    embed_dim: int = 64
     recurrent_dropout: float = 0.0
     dropout_rate: float = 0.0
     layer_norm: bool = False
@@ -297,6 +315,14 @@ class RecurrentNet(nn.Module):
         """Units of the head: `num_outputs` when set, else `num_classes`."""
         return self.num_classes if self.num_outputs is None else self.num_outputs
 
+    @nn.nowrap
+    def zero_carry(self, batch: int) -> tuple[Any, ...]:
+        """A zero state for every layer's forward RNN (the start of a truncated-BPTT stream)."""
+        if self.bidirectional:
+            raise ConfigError("truncated BPTT carries state forward: use bidirectional=False")
+        cells = zip(self.layer_cells, self.hidden_sizes, strict=True)
+        return tuple(make_cell(k, w).initialize_carry(None, (batch, 1)) for k, w in cells)
+
     @nn.compact
     def __call__(
         self,
@@ -305,7 +331,10 @@ class RecurrentNet(nn.Module):
         train: bool,
         seq_lengths: jax.Array | None = None,
         mask: jax.Array | None = None,
+        initial_carry: Sequence[Any] | None = None,
     ) -> tuple[jax.Array, dict]:
+        if self.vocab_size:
+            x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, name="embed")(x)
         x = _as_sequence(x).astype(self.dtype)
         seq_lengths = _lengths(seq_lengths, mask)
         real = _real_steps(x.shape[0], x.shape[1], seq_lengths)
@@ -317,6 +346,7 @@ class RecurrentNet(nn.Module):
             "dtype": self.dtype,
         }
         cells = zip(self.layer_cells, self.hidden_sizes, strict=True)
+        carries = []
         for i, (kind, width) in enumerate(cells, start=1):
             layer = RecurrentLayer(
                 cell=kind,
@@ -326,12 +356,16 @@ class RecurrentNet(nn.Module):
                 cell_options=options,
                 name=f"layer{i}",
             )
-            x = layer(x, seq_lengths, train=train)
+            start = None if initial_carry is None else initial_carry[i - 1]
+            x, carry = layer(x, seq_lengths, train=train, initial_carry=start)
+            carries.append(carry)
             x = nn.Dropout(self.dropout_rate, broadcast_dims=(1,), deterministic=not train)(x)
         states = jnp.where(real[..., None], x, 0)
-        aux = {"states": states}
+        aux = {"states": states, "carry": tuple(carries)}
         if self.pooling == "last":
             pooled = _last_state(states, real, self.bidirectional)
+        elif self.pooling == "none":
+            pooled = states
         else:
             pooled, aux["attention"] = AttentionPool(self.dtype, name="attention")(states, real)
         aux["pre_logits"] = pooled

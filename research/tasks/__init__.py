@@ -7,19 +7,33 @@ from research.errors import ConfigError
 from research.tasks.base import Task
 from research.tasks.classification import BinaryClassificationTask, ClassificationTask
 from research.tasks.continual import PermutedClassificationTask
+from research.tasks.forecasting import RegressionTask
 from research.tasks.reconstruction import ReconstructionTask
+from research.tasks.sequence import LanguageModelTask, SequenceClassificationTask
 
 __all__ = [
     "BinaryClassificationTask",
     "ClassificationTask",
+    "LanguageModelTask",
     "PermutedClassificationTask",
     "ReconstructionTask",
+    "RegressionTask",
+    "SequenceClassificationTask",
     "TASKS",
     "Task",
     "get_task",
 ]
 
-TASKS = ("classification", "binary_classification", "permuted_classification", "reconstruction")
+TASKS = (
+    "classification",
+    "binary_classification",
+    "permuted_classification",
+    "reconstruction",
+    "forecasting",
+    "regression",
+    "sequence_classification",
+    "language_model",
+)
 
 
 def get_task(
@@ -28,11 +42,15 @@ def get_task(
     num_classes: int | None,
     total_steps: int = 1,
     input_size: int = 0,
+    facts: Mapping[str, Any] | None = None,
 ) -> Task:
     """Instantiate the task named by `task.name` with the dataset's facts it needs.
 
+    `facts` come from prepared sequence data (research.data.sequences): the targets'
+    "output_shape" (horizon, columns) of a forecast, the "vocab_size" of a tokenized text.
     The model is then built with `task.model_outputs` outputs (1 for binary_classification).
     """
+    facts = facts or {}
     kwargs = dict(task_config)
     name = kwargs.pop("name")
     if name == "classification":
@@ -60,4 +78,17 @@ def get_task(
         )
     if name == "reconstruction":
         return ReconstructionTask.from_config(kwargs, input_size=input_size)
+    if name in ("forecasting", "regression"):
+        return RegressionTask(output_shape=tuple(facts.get("output_shape", (1, 1))), **kwargs)
+    if name == "sequence_classification":
+        if not num_classes:
+            raise ConfigError("task 'sequence_classification' needs a dataset with a 'label'")
+        return SequenceClassificationTask(num_classes=num_classes, **kwargs)
+    if name == "language_model":
+        if not facts.get("vocab_size"):
+            raise ConfigError(
+                "task 'language_model' needs token data: set data.text.level (char | word) or "
+                "use a dataset of token ids (e.g. copy_memory)"
+            )
+        return LanguageModelTask(vocab_size=int(facts["vocab_size"]), **kwargs)
     raise ConfigError(f"unknown task.name '{name}'; known: {', '.join(TASKS)}")

@@ -178,6 +178,7 @@ def _train_batches(run: Run):
         process_count=jax.process_count(),
         transform=run.transform,
         augment=run.augment,
+        shuffle=not run.config.data.tbptt,  # truncated BPTT reads its streams in order
     )
 
 

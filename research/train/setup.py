@@ -18,6 +18,7 @@ import numpy as np
 
 from research import config as cfg
 from research import data
+from research.data import sequences
 from research.data.subsets import SubsetSource, labels_of
 from research.errors import ConfigError
 from research.models import get_model
@@ -60,18 +61,18 @@ class Run:
 def build_run(config: ml_collections.ConfigDict) -> Run:
     """Resolve the config against the dataset and build model, task, optimizer and steps."""
     info = data.dataset_info(config.data.name, config.data.data_dir)
-    sources, num_classes = _open_sources(config.data, info)
+    sources, num_classes, facts = _open_sources(config, info)
     config = cfg.resolve(config, num_train_examples=len(sources["train"]))
     par = Parallel.create(config.parallel.mode, config.parallel.num_devices)
     cfg.check_batch_divides(config, par.num_devices)
     _check_init_from(config)
-    transform = data.make_transform()
-    sample = transform(sources["train"][0])
+    first = sources["train"][0]
     task = get_task(
         config.task,
         num_classes=num_classes,
         total_steps=config.total_steps,
-        input_size=int(np.prod(sample["image"].shape)),
+        input_size=int(np.prod(np.shape(first["image"]))) if "image" in first else 0,
+        facts=facts,
     )
     transform = _image_transform(config.data, task.transform())
     augment = data.make_augment(**config.data.augment)
@@ -82,6 +83,7 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
         num_classes=task.model_outputs,
         bn_axis_name=par.axis_name,
         input_shape=inputs.shape[1:],
+        vocab_size=facts.get("vocab_size"),
     )
     if hasattr(task, "check_model"):  # e.g. a VAE objective needs a model with a Gaussian encoder
         task.check_model(model)
@@ -108,6 +110,7 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
         ema=ema_decay is not None,
         lr_scale=plateau,
         teacher_variables=teacher.abstract_variables if teacher else None,
+        carry=_zero_carry(model, config),
     )
     train_step = make_train_step(
         model,
@@ -203,7 +206,27 @@ def _check_init_from(config: Any) -> None:
         raise ConfigError(f"transfer.strategy='{strategy}' needs init_from (the source weights)")
 
 
-def _open_sources(d: Any, info: data.DatasetInfo) -> tuple[dict[str, Any], int | None]:
+def _zero_carry(model: nn.Module, config: Any) -> Any:
+    """Truncated BPTT's starting state for the global batch (None without data.tbptt)."""
+    if not config.data.tbptt:
+        return None
+    if not hasattr(model, "zero_carry"):
+        raise ConfigError("data.tbptt needs a recurrent model (model.name rnn | lstm | gru)")
+    return model.zero_carry(config.batch_size)
+
+
+def _open_sources(config: Any, info: data.DatasetInfo) -> tuple[dict[str, Any], int | None, dict]:
+    """(sources by split prefix, class count, facts for the task): series windows and tokenized
+    text are prepared by research.data.sequences; other datasets are read as they are."""
+    d = config.data
+    if sequences.is_prepared_here(d):
+        prepared = sequences.prepare(d, info, split_names(d, info.splits), config.batch_size)
+        return prepared.sources, prepared.num_classes, prepared.facts
+    sources, num_classes = _open_record_sources(d, info)
+    return sources, num_classes, sequences.token_facts(sources)
+
+
+def _open_record_sources(d: Any, info: data.DatasetInfo) -> tuple[dict[str, Any], int | None]:
     """The train/eval/test sources, restricted to `data.classes` (and k per class for train)."""
     sources = {
         prefix: data.open_source(info.name, split, d.data_dir, in_memory=d.in_memory)

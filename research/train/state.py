@@ -30,12 +30,15 @@ def make_init_fn(
     ema: bool = False,
     lr_scale: bool = False,
     teacher_variables: Any = None,
+    carry: Any = None,
 ) -> Callable[[jax.Array], TrainState]:
     """A pure `rng -> TrainState` for `jax.eval_shape` (shapes first) and a sharded `jax.jit`.
 
     `ema` keeps an exponential moving average of the parameters in `extras["ema"]`; `lr_scale`
     keeps the factor that reduce-on-plateau applies to every update in `extras["lr_scale"]`.
     `teacher_variables` (shapes) reserve `extras["teacher"]`, filled from the teacher's run.
+    `carry` (a recurrent model's zero state for the global batch) starts `extras["carry"]`, the
+    state truncated BPTT passes from one batch of stream windows to the next.
     """
 
     def init(rng: jax.Array) -> TrainState:
@@ -50,7 +53,7 @@ def make_init_fn(
             batch_stats=variables.get("batch_stats", {}),
             opt_state=tx.init(params),
             rng=state_rng,
-            extras=_extras(params, ema, lr_scale, teacher_variables),
+            extras=_extras(params, ema, lr_scale, teacher_variables, carry),
         )
 
     return init
@@ -64,8 +67,10 @@ def model_variables(state: TrainState, params: Any | None = None) -> dict:
     return variables
 
 
-def _extras(params: Any, ema: bool, lr_scale: bool, teacher: Any) -> dict:
+def _extras(params: Any, ema: bool, lr_scale: bool, teacher: Any, carry: Any) -> dict:
     extras = {}
+    if carry is not None:
+        extras["carry"] = jax.tree.map(jnp.zeros_like, carry)
     if teacher is not None:
         extras["teacher"] = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), teacher)
     if ema:

@@ -76,6 +76,9 @@ def make_train_step(
         if batch_mixer is not None:  # the undivided key: jit and pmap mix alike
             batch = batch_mixer(step_rng, batch)
         rngs = {"dropout": rng, "sample": jax.random.fold_in(rng, SAMPLE_STREAM)}
+        kwargs = model_kwargs(task, batch)
+        if "carry" in state.extras:  # truncated BPTT: continue each stream from its last state
+            kwargs["initial_carry"] = _reset_streams(state.extras["carry"], batch.get("reset"))
 
         def loss_fn(params: Any) -> tuple[jax.Array, tuple[dict, dict]]:
             with nn.intercept_methods(_bn_inference if batch_norm_inference else _as_is):
@@ -85,6 +88,7 @@ def make_train_step(
                     train=not inference_mode,
                     rngs=rngs,
                     mutable=["batch_stats"],
+                    **kwargs,
                 )
             loss, metrics = task.loss(outputs, aux, batch)
             if teacher is not None:
@@ -120,7 +124,7 @@ def make_train_step(
             params=params,
             batch_stats=batch_stats,
             opt_state=opt_state,
-            extras=_updated_ema(state.extras, params, ema_decay),
+            extras=_carried(_updated_ema(state.extras, params, ema_decay), aux),
         )
         metrics = {
             **metrics,
@@ -131,6 +135,28 @@ def make_train_step(
         return new_state, {f"train/{k}": v for k, v in metrics.items()}
 
     return train_step
+
+
+def model_kwargs(task: Task, batch: Batch) -> dict[str, Any]:
+    """Keyword arguments the task passes to the model besides its input (e.g. seq_lengths)."""
+    method = getattr(task, "model_kwargs", None)
+    return dict(method(batch)) if method is not None else {}
+
+
+def _reset_streams(carry: Any, reset: jax.Array | None) -> Any:
+    """Zero the carried state of the streams that start over in this batch (`reset` == 1)."""
+    if reset is None:
+        return carry
+    keep = 1.0 - reset.astype(jnp.float32)
+    return jax.tree.map(lambda c: c * keep.reshape((-1,) + (1,) * (c.ndim - 1)), carry)
+
+
+def _carried(extras: dict, aux: dict) -> dict:
+    """Truncated BPTT: the final states become the next batch's start, with no gradient path
+    back into this batch (the carry is a constant to the next step's differentiation)."""
+    if "carry" not in extras:
+        return extras
+    return {**extras, "carry": jax.lax.stop_gradient(aux["carry"])}
 
 
 def _bn_inference(next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
@@ -189,7 +215,10 @@ def make_eval_step(
             outputs, aux = eval_outputs(functools.partial(model.apply, variables), batch, rng)
         else:
             inputs = task.inputs(batch)
-            outputs, aux = model.apply(variables, inputs, train=False, rngs={"sample": rng})
+            kwargs = model_kwargs(task, batch)
+            outputs, aux = model.apply(
+                variables, inputs, train=False, rngs={"sample": rng}, **kwargs
+            )
         sums = task.eval_sums(outputs, aux, batch)
         return jax.lax.psum(sums, axis_name) if axis_name is not None else sums
 

@@ -1,0 +1,45 @@
+"""Weekly Mauna Loa CO2 (1958-2001, 59 weekly gaps): four-week-ahead direct forecasts by a stacked
+LSTM and an LSTM->GRU hybrid, against the naive, seasonal-naive (52 weeks) and linear AR baselines.
+
+The series has a trend and a yearly cycle. Gaps are filled by linear interpolation within each
+chronological period (70/15/15), the model predicts the change from the last observed week
+(`data.series.difference`, configurable) from a 52-week window, and every metric is in ppm.
+
+Commands:
+    python launch/train.py --config=configs/sequence/co2.py --workdir=runs/co2/lstm
+    python launch/train.py --config=configs/sequence/co2.py:hybrid --workdir=runs/co2/hybrid
+    python launch/sweep.py --config=configs/sequence/co2.py --workdir=runs/co2 --parallel=2
+    python launch/report.py runs/co2 --metric=test/rmse --metric=test/naive_rmse \\
+        --metric=test/seasonal_naive_rmse --metric=test/ar_rmse
+Expanding-window validation (5 folds over the train+eval period):
+    python launch/sweep.py --config=configs/sequence/co2.py:cv --workdir=runs/co2_cv
+
+Expected result: see the README table "Recurrent networks: forecasting sunspots and CO2".
+"""
+
+from pathlib import Path
+
+import ml_collections
+
+from research.config import config_function
+
+_sunspots = Path(__file__).with_name("sunspots.py")
+sunspots_config = config_function(_sunspots, "get_config")
+sunspots_sweep = config_function(_sunspots, "get_sweep")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """`arg`: lstm (default) | hybrid | cv, as in the sunspots config."""
+    c = sunspots_config(arg)
+    c.data.name = "co2"
+    c.data.series.input_steps = 52
+    c.data.series.horizon = 4
+    c.data.series.season = 52
+    c.data.series.difference = True
+    c.total_epochs = 30.0
+    return c
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    """Both models over 3 seeds (or the 5 folds with "cv")."""
+    return sunspots_sweep(arg)

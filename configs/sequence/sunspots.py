@@ -1,0 +1,67 @@
+"""Yearly sunspot numbers (1700-2008): one-step forecasts by a stacked LSTM and an LSTM->GRU
+hybrid, against the naive, seasonal-naive (11-year cycle) and linear autoregressive baselines.
+
+The material's recipe: windows of 24 years, LSTM 128 -> LSTM 64 with dropout 0.2, Adam 1e-3,
+MSE, batch 32; the series is standardised with the training period's mean and std (70/15/15
+chronological split), and the best validation checkpoint is kept (early stopping patience 5).
+
+Commands:
+    python launch/train.py --config=configs/sequence/sunspots.py --workdir=runs/sunspots/lstm
+    python launch/train.py --config=configs/sequence/sunspots.py:hybrid \\
+        --workdir=runs/sunspots/hybrid
+    python launch/sweep.py --config=configs/sequence/sunspots.py --workdir=runs/sunspots \\
+        --parallel=2
+    python launch/report.py runs/sunspots --metric=test/rmse --metric=test/naive_rmse \\
+        --metric=test/seasonal_naive_rmse --metric=test/ar_rmse
+Expanding-window validation (5 folds over the train+eval period; the test period is untouched):
+    python launch/sweep.py --config=configs/sequence/sunspots.py:cv --workdir=runs/sunspots_cv
+
+Expected result: see the README table "Recurrent networks: forecasting sunspots and CO2".
+"""
+
+import ml_collections
+
+from research.config import base_config
+
+MODELS = {
+    "lstm": {"name": "lstm", "cell": ("lstm", "lstm")},  # stacked LSTM (a cell per layer)
+    "hybrid": {"name": "lstm", "cell": ("lstm", "gru")},  # LSTM -> GRU
+}
+SEEDS = (0, 1, 2)
+FOLDS = 5
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """`arg`: lstm (default) | hybrid; "cv" is the lstm with 5 expanding-window folds."""
+    kind = "lstm" if arg in (None, "cv") else arg
+    c = base_config()
+    c.data.name = "sunspots"
+    c.data.eval_split = c.data.test_split = "train"  # one split holds the series; periods cut it
+    c.data.series.input_steps = 24
+    c.data.series.season = 11
+    c.data.series.difference = False
+    if arg == "cv":
+        c.data.num_folds = FOLDS
+    c.batch_size = 32
+    c.total_epochs = 50.0
+    c.log_every_steps = 20
+    c.eval_every_epochs = 1.0
+    c.model = ml_collections.ConfigDict(
+        {**MODELS[kind], "hidden_sizes": (128, 64), "dropout_rate": 0.2}
+    )
+    c.task = ml_collections.ConfigDict({"name": "forecasting"})
+    c.optimizer.schedule = "constant"
+    c.optimizer.learning_rate = 1e-3
+    c.early_stopping.patience = 5
+    c.checkpoint.every_epochs = 1.0
+    c.checkpoint.best_metric = "eval/rmse"
+    c.checkpoint.best_mode = "min"
+    c.diagnostics = False
+    return c
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    """Both models over 3 seeds; with "cv", the folds of the expanding-window validation."""
+    if arg == "cv":
+        return [{"data.fold": fold} for fold in range(FOLDS)]
+    return [{"model.cell": MODELS[kind]["cell"], "seed": seed} for kind in MODELS for seed in SEEDS]

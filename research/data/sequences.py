@@ -1,0 +1,237 @@
+"""Sequence datasets prepared for a run: forecast windows over a series, tokenized text.
+
+`prepare(data_config, info, batch_size)` turns a dataset into in-memory train/eval/test sources:
+
+* a series (`data.series.input_steps` > 0; the builder's "value" feature, one record per time
+  step, in the split `data.train_split`): chronological train/eval/test periods
+  (`data.series.fractions`), or with `data.num_folds` = k the fold `data.fold` of an expanding
+  (or sliding) window cross-validation over the train+eval period, the test period unchanged.
+  Gaps are filled by linear interpolation within each period, the scaler is fitted on the
+  training period only, and each window carries the naive, seasonal-naive and linear-AR
+  forecasts (the AR fitted on training windows only) in original units, beside the truth.
+* a text (`data.text.level` char | word): a vocabulary from the train split only (min count,
+  size cap, PAD 0, OOV 1), then either classification examples padded or truncated to
+  `max_length` with their real "length", or (`lm_length` > 0) next-token windows over each
+  split's concatenated text. With `data.tbptt` the train windows are consecutive pieces of
+  `batch_size` parallel streams, in stream order, marked "reset" where a stream starts over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from research.analysis import baselines
+from research.data import text, windows
+from research.data.sources import ArraySource, DatasetInfo, open_source
+from research.errors import ConfigError, DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """Sources by split prefix (train/eval/test), class count, and facts the task needs."""
+
+    sources: dict[str, ArraySource]
+    num_classes: int | None
+    facts: dict[str, Any]
+
+
+def is_prepared_here(d: Any) -> bool:
+    """Whether `data` asks for series windows or tokenized text (else records are read as is)."""
+    return d.series.input_steps > 0 or d.text.level is not None
+
+
+def prepare(d: Any, info: DatasetInfo, split_names: Mapping[str, str], batch_size: int) -> Prepared:
+    """The run's sources for a series or a text dataset (see the module docstring)."""
+    if d.series.input_steps > 0:
+        if d.tbptt:
+            raise ConfigError("data.tbptt streams text windows; forecast windows are shuffled")
+        return _series(d, info)
+    return _text(d, info, split_names, batch_size)
+
+
+def token_facts(sources: Mapping[str, Any]) -> dict[str, Any]:
+    """The vocabulary size of a dataset stored as token ids ("inputs"/"targets" ints)."""
+    train = sources["train"]
+    arrays = train.arrays if isinstance(train, ArraySource) else None
+    if arrays is None or "inputs" not in arrays or arrays["inputs"].dtype.kind not in "iu":
+        return {}
+    top = max(int(arrays[k].max()) for k in ("inputs", "targets") if k in arrays)
+    return {"vocab_size": top + 1}
+
+
+# --- series -------------------------------------------------------------------------------
+
+
+def read_series(d: Any, info: DatasetInfo) -> np.ndarray:
+    """The whole series [N, F] (float64, NaN at gaps) in time order."""
+    if "value" not in info.features:
+        raise DataError(
+            f"dataset {info.name!r} has no 'value' feature: data.series needs a series dataset "
+            "(sunspots, co2, elnino, or a builder with one record per time step)"
+        )
+    arrays = open_source(info.name, d.train_split, d.data_dir, in_memory=True).arrays
+    order = np.argsort(arrays["index"], kind="stable") if "index" in arrays else slice(None)
+    values = np.asarray(arrays["value"], np.float64)[order]
+    return values.reshape(len(values), -1)
+
+
+def series_periods(d: Any, n: int) -> dict[str, tuple[int, int]]:
+    """[start, end) of the train / eval / test periods (a CV fold replaces train and eval)."""
+    a, b = windows.chronological_bounds(n, tuple(d.series.fractions))
+    periods = {"train": (0, a), "eval": (a, b), "test": (b, n)}
+    if d.num_folds:
+        folds = windows.cv_folds(b, d.num_folds, d.series.cv)
+        if not 0 <= d.fold < len(folds):
+            raise ConfigError(f"data.fold={d.fold} must be in [0, data.num_folds={d.num_folds})")
+        start, mid, end = folds[d.fold]
+        periods.update(train=(start, mid), eval=(mid, end))
+    return periods
+
+
+def _series(d: Any, info: DatasetInfo) -> Prepared:
+    s = d.series
+    raw = read_series(d, info)
+    periods = series_periods(d, len(raw))
+    filled = _fill_by_period(raw, d) if s.fill_gaps else raw
+    if np.isnan(filled).any():
+        raise DataError(f"dataset {info.name!r} has gaps: set data.series.fill_gaps=True")
+    targets = tuple(s.targets) or tuple(range(raw.shape[1]))
+    scaler = windows.Scaler.fit(filled[slice(*periods["train"])], s.scaler)
+    scaled = scaler.transform(filled)
+    made = {
+        prefix: windows.make_windows(
+            scaled,
+            input_steps=s.input_steps,
+            horizon=s.horizon,
+            start=start,
+            end=end,
+            stride=s.stride if prefix == "train" else 1,
+            targets=targets,
+            difference=s.difference,
+        )
+        for prefix, (start, end) in periods.items()
+    }
+    order = s.ar_order or s.input_steps
+    ar = baselines.LinearAR.fit(filled, made["train"]["origin"], s.horizon, order, targets)
+    sources = {
+        prefix: ArraySource(_forecast_records(w, filled, scaler, targets, s, ar))
+        for prefix, w in made.items()
+    }
+    facts = {"output_shape": (s.horizon, len(targets)), "periods": periods}
+    return Prepared(sources, None, facts)
+
+
+def _fill_by_period(raw: np.ndarray, d: Any) -> np.ndarray:
+    """Linear interpolation of gaps within each chronological period (none reads another's)."""
+    a, b = windows.chronological_bounds(len(raw), tuple(d.series.fractions))
+    chunks = [raw[lo:hi] for lo, hi in ((0, a), (a, b), (b, len(raw))) if hi > lo]
+    return np.concatenate([windows.fill_gaps(chunk) for chunk in chunks])
+
+
+def _forecast_records(
+    w: dict[str, np.ndarray], filled: np.ndarray, scaler: Any, targets: tuple, s: Any, ar: Any
+) -> dict[str, np.ndarray]:
+    """Window arrays plus what scoring in original units needs: scale, offset, truth, baselines."""
+    origin, cols = w["origin"], list(targets)
+    count = len(origin)
+    scale = np.broadcast_to(scaler.scale[cols], (count, len(cols)))
+    # Differenced targets are changes from the last level: add it back in original units.
+    offset = (
+        filled[origin][:, cols]
+        if s.difference
+        else np.broadcast_to(scaler.center[cols], scale.shape)
+    )
+    steps = origin[:, None] + np.arange(1, s.horizon + 1)[None]
+    return {
+        "inputs": w["inputs"],
+        "targets": w["targets"],
+        "origin": origin,
+        "scale": np.asarray(scale, np.float32),
+        "offset": np.asarray(offset, np.float32),
+        "truth": filled[steps][:, :, cols].astype(np.float32),
+        "naive": baselines.naive(filled, origin, s.horizon, cols),
+        "seasonal_naive": baselines.seasonal_naive(filled, origin, s.horizon, s.season, cols),
+        "ar": ar.predict(filled, origin),
+    }
+
+
+# --- text ---------------------------------------------------------------------------------
+
+
+def _text(d: Any, info: DatasetInfo, split_names: Mapping[str, str], batch_size: int) -> Prepared:
+    t = d.text
+    if t.field not in info.features:
+        raise DataError(
+            f"dataset {info.name!r} has no text feature {t.field!r} (data.text.field); "
+            f"features: {', '.join(info.features)}"
+        )
+    texts = {
+        prefix: [_as_str(x) for x in _read(d, info, split).arrays[t.field]]
+        for prefix, split in split_names.items()
+    }
+    tokens = {
+        p: [text.tokenize(x, level=t.level, lowercase=t.lowercase) for x in xs]
+        for p, xs in texts.items()
+    }
+    vocab = text.Vocabulary.build(tokens["train"], min_count=t.min_count, max_size=t.max_vocab)
+    facts = {"vocab_size": len(vocab), "vocabulary": vocab}
+    if t.lm_length:
+        sources = {p: _lm_source(vocab, toks, t.lm_length) for p, toks in tokens.items()}
+        if d.tbptt:
+            sources["train"] = streams(sources["train"], batch_size)
+        return Prepared(sources, None, facts)
+    if d.tbptt:
+        raise ConfigError("data.tbptt needs language-model windows (data.text.lm_length > 0)")
+    sources = {}
+    for prefix, split in split_names.items():
+        padded = [
+            text.pad_or_truncate(vocab.encode(x), t.max_length, truncate=t.truncate)
+            for x in tokens[prefix]
+        ]
+        labels = np.asarray(_read(d, info, split).arrays["label"], np.int32)
+        sources[prefix] = ArraySource(
+            {
+                "inputs": np.stack([ids for ids, _ in padded]).astype(np.int32),
+                "length": np.maximum([n for _, n in padded], 1).astype(np.int32),
+                "label": labels,
+            }
+        )
+    return Prepared(sources, info.num_classes, facts)
+
+
+def _read(d: Any, info: DatasetInfo, split: str) -> ArraySource:
+    return open_source(info.name, split, d.data_dir, in_memory=True)
+
+
+def _as_str(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _lm_source(vocab: text.Vocabulary, token_lists: list, length: int) -> ArraySource:
+    """Consecutive next-token windows over the split's texts joined end to end."""
+    ids = vocab.encode([tok for toks in token_lists for tok in toks])
+    return ArraySource(text.lm_windows(ids, length))
+
+
+def streams(source: ArraySource, batch_size: int) -> ArraySource:
+    """Reorder consecutive windows into `batch_size` parallel streams for truncated BPTT.
+
+    Stream b holds windows [b*S, (b+1)*S) (S = windows // batch_size; the rest is dropped);
+    reading the result in order gives, at step s, window s of every stream, so the state each
+    stream ends a step with is where its next window starts. "reset" is 1 at each stream's first
+    window (where a new pass over the data starts and the carried state must be zeroed).
+    """
+    count = len(source) // batch_size
+    if count < 1:
+        raise DataError(
+            f"{len(source)} training windows cannot fill {batch_size} truncated-BPTT streams; "
+            "lower batch_size or data.text.lm_length"
+        )
+    step, stream = np.divmod(np.arange(count * batch_size), batch_size)
+    taken = source.take(stream * count + step)
+    taken["reset"] = (step == 0).astype(np.float32)
+    return ArraySource(taken)
