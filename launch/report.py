@@ -1,14 +1,17 @@
 """Tables, learning curves and scaling-law fits for every run under a directory.
 
     python launch/report.py DIR [--metric=test/accuracy ...] [--scaling=params|data|compute]
-        [--curves=transfer.strategy] [--target=0.9]
+        [--curves=transfer.strategy] [--target=0.9 [--target-metric=eval/accuracy]]
+        [--hidden-gradients]
 
 Writes DIR/report/report.{md,csv,tex} (mean, std and 95% Student-t interval over seeds per group
 of swept config keys), DIR/report/curves_<metric>.png, DIR/report/accuracy_vs_time.png (eval
 accuracy of every run against the step and the wall time, coloured by --curves, default the
 swept keys), and with --scaling DIR/report/scaling_<axis>.png, printing the fitted exponent
 with its bootstrap interval. --target=T adds two columns: `steps_to_T`, the first step at which
-eval/accuracy reached T (mean over the runs that did), and `reached_T`, the fraction that did.
+--target-metric (eval/accuracy; an error such as eval/mse counts from above) reached T (mean
+over the runs that did), and `reached_T`, the fraction that did. --hidden-gradients draws the
+runs' ||dL/dh_t|| curves in DIR/report/hidden_gradients.png.
 Exit codes: 0 done; 2 user error (one line on stderr).
 """
 
@@ -52,7 +55,18 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         "--target",
         type=float,
         action="append",
-        help=f"{CONVERGENCE_METRIC} to reach: adds steps_to_T and reached_T (repeatable)",
+        help="value of --target-metric to reach: adds steps_to_T and reached_T (repeatable)",
+    )
+    parser.add_argument(
+        "--target-metric",
+        default=CONVERGENCE_METRIC,
+        help=f"logged metric --target refers to (default {CONVERGENCE_METRIC}); losses and "
+        "errors (eval/mse, eval/loss, ...) are reached from above",
+    )
+    parser.add_argument(
+        "--hidden-gradients",
+        action="store_true",
+        help="draw every run's ||dL/dh_t|| (plots/hidden_gradients.json) in one figure",
     )
     return parser.parse_args(argv)
 
@@ -82,6 +96,30 @@ def _colour_keys(key: str | None, runs: list, swept: list[str]) -> list[str]:
     return [key]
 
 
+def _hidden_gradients(runs: list, keys: list[str], outdir: Path) -> Path:
+    """One figure of the trained models' ||dL/dh_t||, a line per run labelled by `keys`."""
+    import json  # noqa: PLC0415
+
+    from research.analysis import collect, recurrent_gradients  # noqa: PLC0415
+
+    norms = {}
+    for run in runs:
+        path = run.path / "plots" / "hidden_gradients.json"
+        if path.is_file():
+            label = collect.group_label(keys, tuple(run.config.get(k) for k in keys))
+            norms[f"{label} ({run.path.name})" if label in norms else label] = json.loads(
+                path.read_text()
+            )["trained"]
+    if not norms:
+        raise ConfigError(
+            "--hidden-gradients: no run has plots/hidden_gradients.json (unidirectional "
+            "last-state recurrent runs with evaluation.artifacts write it)"
+        )
+    return recurrent_gradients.plot_hidden_gradients(
+        norms, outdir / "hidden_gradients.png", title="trained models: ||dL/dh_t|| on test data"
+    )
+
+
 def report(args: argparse.Namespace) -> None:
     """Collect, tabulate, plot and (optionally) fit; prints where everything went."""
     from research.analysis import collect, tables  # noqa: PLC0415 (after parsing)
@@ -92,7 +130,7 @@ def report(args: argparse.Namespace) -> None:
     targets = [
         name
         for target in args.target or ()
-        for name in collect.add_steps_to(runs, CONVERGENCE_METRIC, target)
+        for name in collect.add_steps_to(runs, args.target_metric, target)
     ]
     metrics = [*args.metric, *targets] if args.metric else collect.numeric_metrics(runs)
     outdir = args.dir / collect.REPORT_DIR
@@ -110,6 +148,8 @@ def report(args: argparse.Namespace) -> None:
         by_colour, colour_keys, CONVERGENCE_METRIC, outdir / "accuracy_vs_time.png"
     )
     written += [path] if path else []
+    if args.hidden_gradients:
+        written += [_hidden_gradients(runs, colour_keys, outdir)]
     for path in written:
         print(f"wrote {path}")
 

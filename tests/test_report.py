@@ -158,3 +158,31 @@ def test_steps_to_target_and_fraction_reached(sweep: Path) -> None:
     assert result.returncode == 0, result.stderr
     table = (sweep / "report" / "report.md").read_text()
     assert "steps_to_0.5" in table and "reached_0.5" in table
+
+
+def test_a_loss_target_is_reached_from_above(sweep: Path) -> None:
+    runs = collect.collect(sweep)
+    # train/loss is (1 - accuracy) * 10 / step: 0.8 -> 0.2 at step 10, 0.1 at step 20.
+    names = collect.add_steps_to(runs, "train/loss", 0.15)
+    for run in runs:
+        at_10 = (1 - run.summary["test/accuracy"]) * 10 / 10
+        at_20 = at_10 / 2
+        expected = 10 if at_10 <= 0.15 else (20 if at_20 <= 0.15 else None)
+        assert run.summary.get(names[0]) == expected
+    assert collect.lower_is_better("eval/mse") and not collect.lower_is_better("eval/accuracy")
+
+
+def test_hidden_gradient_curves_of_several_runs_in_one_figure(sweep: Path) -> None:
+    for i, path in enumerate(sorted(sweep.rglob("config.json"))[:2]):
+        plots = path.parent / "plots"
+        plots.mkdir()
+        curve = {"init": [1.0, 2.0], "trained": [0.5 * (i + 1), 1.0]}
+        (plots / "hidden_gradients.json").write_text(json.dumps(curve))
+    result = _run_report(str(sweep), "--metric=test/accuracy", "--hidden-gradients")
+    assert result.returncode == 0, result.stderr
+    assert (sweep / "report" / "hidden_gradients.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = sweep / "w32"
+    for path in empty.rglob("hidden_gradients.json"):
+        path.unlink()
+    result = _run_report(str(empty), "--hidden-gradients")
+    assert result.returncode == 2 and "hidden_gradients.json" in result.stderr

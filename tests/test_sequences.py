@@ -205,12 +205,25 @@ def _train(config, workdir):
 
 
 def test_forecasting_run_reports_the_model_and_every_baseline(tmp_path, data_dir):
-    tiny = {"model.hidden_sizes": (8, 8), "model.cell": ("lstm", "gru"), "total_epochs": 2.0}
+    tiny = {
+        "model.hidden_sizes": (8, 8),
+        "model.cell": ("lstm", "gru"),
+        "total_epochs": 2.0,
+        "tracking.plots": True,
+    }
     summary = _train(_config("co2.py", data_dir, **tiny), tmp_path / "co2")
     for prefix in ("", "naive_", "seasonal_naive_", "ar_"):
         assert np.isfinite(summary[f"test/{prefix}rmse"])
     assert len(summary["test/rmse_by_horizon"]) == 4
     assert set(summary["test/beats"]) == {"naive", "seasonal_naive", "ar"}
+    plots = tmp_path / "co2" / "plots"
+    for name in ("forecast_test.png", "hidden_gradients.png"):
+        assert (plots / name).stat().st_size > 10_000
+    curves = json.loads((plots / "hidden_gradients.json").read_text())
+    assert len(curves["trained"]) == 52  # one norm per input step
+    assert summary["gradients/ratio_trained"] == pytest.approx(
+        curves["trained"][0] / curves["trained"][-1]
+    )
 
 
 def test_expanding_window_folds_train_on_the_past_of_their_eval_block(data_dir):
@@ -295,10 +308,12 @@ def test_imdb_config_runs_on_mock_reviews(tmp_path):
         "eval_every_epochs": None,
         "checkpoint.every_epochs": None,
         "data.eval_split": "test[:8]",
+        "tracking.plots": True,
     }
     splits = {"train": 32, "test": 32, "unsupervised": 32}
     summary = _mock_text_run("imdb_reviews", "imdb_lstm.py", splits, tmp_path, overrides)
     assert 0.0 <= summary["test/accuracy"] <= 1.0 and np.isfinite(summary["test/loss"])
+    assert (tmp_path / "run" / "plots" / "attention.png").stat().st_size > 5_000
 
 
 @pytest.mark.slow

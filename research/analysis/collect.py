@@ -217,10 +217,21 @@ def convergence(run: Run, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return np.asarray(steps), np.asarray(values), np.asarray(times)
 
 
+# Metric names (the part after the split) where lower is better: a target is reached from above.
+LOWER_IS_BETTER = ("loss", "mse", "rmse", "mae", "mape", "perplexity", "bits_per_token")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether `metric` (e.g. eval/mse) improves downwards."""
+    return metric.rpartition("/")[2] in LOWER_IS_BETTER
+
+
 def steps_to(run: Run, metric: str, target: float) -> float:
-    """The first logged step at which `metric` reached `target` (NaN if it never did)."""
+    """The first logged step at which `metric` reached `target` (NaN if it never did): at or
+    above it for accuracies, at or below it for losses and errors (`lower_is_better`)."""
     steps, values, _ = convergence(run, metric)
-    reached = np.flatnonzero(values >= target)
+    hit = values <= target if lower_is_better(metric) else values >= target
+    reached = np.flatnonzero(hit)
     return float(steps[reached[0]]) if reached.size else math.nan
 
 

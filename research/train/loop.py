@@ -22,7 +22,14 @@ from research.checkpoint import Checkpointer
 from research.manifest import build_manifest
 from research.optim import rules
 from research.tracking import Progress, Tracker, read_metrics, resolve_wandb_mode
-from research.train import artifacts, continual, evaluation, generative_artifacts, transfer
+from research.train import (
+    artifacts,
+    continual,
+    evaluation,
+    generative_artifacts,
+    sequence_artifacts,
+    transfer,
+)
 from research.train.hooks import Monitor, Preemption, check_finite, every
 from research.train.setup import Run, build_run
 from research.train.workdir import check_workdir, write_run_files
@@ -311,6 +318,13 @@ def _finish(ctx: _Context, state: Any) -> dict:
     if _is_main() and generative_artifacts.wanted(run):  # PCA baseline, probe, anomaly, images
         plots_on = bool(run.config.tracking.plots)
         generated, extra = generative_artifacts.write_artifacts(
+            run, state, ctx.workdir / "plots", plots=plots_on
+        )
+        figures += generated
+        summary.update(extra)
+    if _is_main() and sequence_artifacts.wanted(run):  # forecasts, attention, dL/dh_t
+        plots_on = bool(run.config.tracking.plots)
+        generated, extra = sequence_artifacts.write_artifacts(
             run, state, ctx.workdir / "plots", plots=plots_on
         )
         figures += generated
