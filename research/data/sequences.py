@@ -39,7 +39,7 @@ class Prepared:
     facts: dict[str, Any]
 
 
-def is_prepared_here(d: Any) -> bool:
+def needs_preparation(d: Any) -> bool:
     """Whether `data` asks for series windows or tokenized text (else records are read as is)."""
     return d.series.input_steps > 0 or d.text.level is not None
 
@@ -169,13 +169,12 @@ def _text(d: Any, info: DatasetInfo, split_names: Mapping[str, str], batch_size:
             f"dataset {info.name!r} has no text feature {t.field!r} (data.text.field); "
             f"features: {', '.join(info.features)}"
         )
-    texts = {
-        prefix: [_as_str(x) for x in _read(d, info, split).arrays[t.field]]
-        for prefix, split in split_names.items()
-    }
+    raw = {prefix: _read(d, info, split).arrays for prefix, split in split_names.items()}
     tokens = {
-        p: [text.tokenize(x, level=t.level, lowercase=t.lowercase) for x in xs]
-        for p, xs in texts.items()
+        prefix: [
+            text.tokenize(_as_str(x), level=t.level, lowercase=t.lowercase) for x in arrays[t.field]
+        ]
+        for prefix, arrays in raw.items()
     }
     vocab = text.Vocabulary.build(tokens["train"], min_count=t.min_count, max_size=t.max_vocab)
     facts = {"vocab_size": len(vocab), "vocabulary": vocab}
@@ -186,21 +185,31 @@ def _text(d: Any, info: DatasetInfo, split_names: Mapping[str, str], batch_size:
         return Prepared(sources, None, facts)
     if d.tbptt:
         raise ConfigError("data.tbptt needs language-model windows (data.text.lm_length > 0)")
-    sources = {}
-    for prefix, split in split_names.items():
-        padded = [
-            text.pad_or_truncate(vocab.encode(x), t.max_length, truncate=t.truncate)
-            for x in tokens[prefix]
-        ]
-        labels = np.asarray(_read(d, info, split).arrays["label"], np.int32)
-        sources[prefix] = ArraySource(
-            {
-                "inputs": np.stack([ids for ids, _ in padded]).astype(np.int32),
-                "length": np.maximum([n for _, n in padded], 1).astype(np.int32),
-                "label": labels,
-            }
-        )
+    sources = {
+        p: _classification_source(vocab, raw[p][t.field], raw[p]["label"], t) for p in split_names
+    }
     return Prepared(sources, info.num_classes, facts)
+
+
+def _classification_source(
+    vocab: text.Vocabulary, texts: np.ndarray, labels: np.ndarray, t: Any
+) -> ArraySource:
+    """Token ids right-padded (or truncated) to `max_length`, their real lengths, the labels."""
+    encoded = text.encode_texts(
+        texts,
+        vocab,
+        level=t.level,
+        lowercase=t.lowercase,
+        max_length=t.max_length,
+        truncate=t.truncate,
+    )
+    return ArraySource(
+        {
+            "inputs": encoded["tokens"],
+            "length": encoded["length"],
+            "label": np.asarray(labels, np.int32),
+        }
+    )
 
 
 def _read(d: Any, info: DatasetInfo, split: str) -> ArraySource:

@@ -219,7 +219,7 @@ def _open_sources(config: Any, info: data.DatasetInfo) -> tuple[dict[str, Any], 
     """(sources by split prefix, class count, facts for the task): series windows and tokenized
     text are prepared by research.data.sequences; other datasets are read as they are."""
     d = config.data
-    if sequences.is_prepared_here(d):
+    if sequences.needs_preparation(d):
         prepared = sequences.prepare(d, info, split_names(d, info.splits), config.batch_size)
         return prepared.sources, prepared.num_classes, prepared.facts
     sources, num_classes = _open_record_sources(d, info)
