@@ -18,7 +18,8 @@ class Task(Protocol):
     `eval_outputs(apply, batch, rng) -> (outputs, aux)` runs the model for evaluation itself
     (`apply` is `model.apply` with the variables bound; `rng` is the run's fixed eval key), and
     `check_model(model)` raises a ConfigError, before anything is written, for a model the task
-    cannot train.
+    cannot train, and `model_kwargs(batch) -> dict` gives keyword arguments for the model besides
+    its input (e.g. the `seq_lengths` of right-padded sequences), in training and evaluation.
     """
 
     @property
