@@ -14,7 +14,9 @@ Commands:
 Expanding-window validation (5 folds over the train+eval period):
     python launch/sweep.py --config=configs/sequence/co2.py:cv --workdir=runs/co2_cv
 
-Expected result: see the README table "Recurrent networks: forecasting sunspots and CO2".
+Expected result (seeds 0-2, 2-core CPU, 35-45 s of training each): test RMSE over the four
+horizons, ppm: stacked LSTM 0.482 +- 0.006, hybrid 0.460 +- 0.011, against naive 0.929, seasonal
+naive 1.892 and linear AR(52) 0.559: both beat all three baselines on every seed.
 """
 
 from pathlib import Path
