@@ -16,6 +16,7 @@ from mock_tfds import fake_prepared
 from research import config as cfg
 from research.data import sequences
 from research.data.builders.series import sunspots_series
+from research.data.text import OOV, PAD, Vocabulary
 from research.models import get_model
 from research.optim import build_optimizer
 from research.tasks import LanguageModelTask, RegressionTask, get_task
@@ -331,3 +332,5 @@ def test_shakespeare_config_runs_with_truncated_bptt_on_mock_text(tmp_path):
     splits = {"train": 1, "validation": 1, "test": 1}
     summary = _mock_text_run("tiny_shakespeare", "shakespeare_char.py", splits, tmp_path, overrides)
     assert summary["test/perplexity"] > 1.0
+    vocab = Vocabulary.from_json((tmp_path / "run" / "vocab.json").read_text())
+    assert vocab.tokens[:2] == (PAD, OOV) and len(vocab) > 2  # the mock text's characters

@@ -80,7 +80,14 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> RunResult:
         )
         manifest = _manifest(run)
         if _is_main():
-            write_run_files(workdir, config_json, manifest, run.optimizer.table)
+            vocabulary = run.facts.get("vocabulary")
+            write_run_files(
+                workdir,
+                config_json,
+                manifest,
+                run.optimizer.table,
+                vocabulary.to_json() if vocabulary is not None else None,
+            )
             print(_describe_optimizer(run), flush=True)
         tracker = stack.enter_context(_make_tracker(run, workdir, config_json, manifest))
         tracker.truncate_after(start)

@@ -51,6 +51,7 @@ class Run:
     init_fn: Callable[[jax.Array], Any]
     train_step: Callable
     eval_step: Callable
+    facts: dict[str, Any] = dataclasses.field(default_factory=dict)  # from sequence data
 
     @property
     def total_steps(self) -> int:
@@ -139,6 +140,7 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
         init_fn=init_fn,
         train_step=par.compile_train_step(train_step),
         eval_step=par.compile_eval_step(eval_step),
+        facts=facts,
     )
 
 

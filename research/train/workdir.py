@@ -34,10 +34,15 @@ def check_workdir(workdir: Path, config_json: str) -> None:
 
 
 def write_run_files(
-    workdir: Path, config_json: str, manifest: dict, param_table: list[dict]
+    workdir: Path,
+    config_json: str,
+    manifest: dict,
+    param_table: list[dict],
+    vocabulary_json: str | None = None,
 ) -> None:
-    """Write config.json, manifest.json and param_rules.txt (the resolved per-parameter table)
-    atomically (a kill never leaves half a file).
+    """Write config.json, manifest.json, param_rules.txt (the resolved per-parameter table) and,
+    for token data, vocab.json (id -> token, to decode predictions) atomically (a kill never
+    leaves half a file).
 
     manifest.json describes this invocation; `history` keeps when, with which code and on
     which devices every earlier invocation (a resume after preemption, say) ran.
@@ -47,6 +52,8 @@ def write_run_files(
     manifest = {**manifest, "history": _history(workdir / "manifest.json")}
     write_json(workdir / "manifest.json", manifest)
     _write_text(workdir / "param_rules.txt", rules.format_table(param_table) + "\n")
+    if vocabulary_json is not None:
+        _write_text(workdir / "vocab.json", vocabulary_json)
 
 
 def _write_text(path: Path, text: str) -> None:
