@@ -186,3 +186,21 @@ def test_hidden_gradient_curves_of_several_runs_in_one_figure(sweep: Path) -> No
         path.unlink()
     result = _run_report(str(empty), "--hidden-gradients")
     assert result.returncode == 2 and "hidden_gradients.json" in result.stderr
+
+
+def test_folds_are_averaged_and_steps_derived_from_epochs_are_not_groups(tmp_path: Path) -> None:
+    for fold in range(3):
+        path = tmp_path / f"fold{fold}"
+        _write_run(path, 16, 0, 0.8 + 0.01 * fold)
+        config = json.loads((path / "config.json").read_text())
+        # Folds train on different amounts of data: the same epochs are different step counts.
+        config.update(total_epochs=2.0, total_steps=20 + fold, data={"name": "x", "fold": fold})
+        (path / "config.json").write_text(json.dumps(config))
+    runs = collect.collect(tmp_path)
+    assert collect.swept_keys(runs) == []
+    (tmp_path / "fold0" / "config.json").write_text(
+        json.dumps(
+            {**json.loads((tmp_path / "fold0" / "config.json").read_text()), "total_epochs": None}
+        )
+    )
+    assert collect.swept_keys(collect.collect(tmp_path)) == ["total_epochs", "total_steps"]

@@ -23,7 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 64
     c.total_epochs = 40.0 if arg != "mnist" else 20.0
     c.log_every_steps = 50
-    c.eval_every_epochs = 2.0
+    c.eval_every_epochs = 5.0
     c.model = ml_collections.ConfigDict({"name": "lstm", "hidden_sizes": (128,)})
     c.task = ml_collections.ConfigDict(
         {"name": "sequence_classification", "label_smoothing": 0.0, "image_order": "pixels"}
@@ -31,6 +31,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.learning_rate = 2e-3
     c.optimizer.warmup_epochs = 1.0
     c.optimizer.grad_clip_norm = 1.0
-    c.checkpoint.every_epochs = 10.0
+    c.checkpoint.every_epochs = 5.0  # = eval_every_epochs: the best checkpoint is kept
     c.diagnostics = False
     return c

@@ -25,8 +25,9 @@ from research.errors import WorkdirError
 
 CONFIG_FILE = "config.json"
 REPORT_DIR = "report"
-# Keys that never define a group: seeds are averaged over; the rest say how a run executed.
-EXCLUDED_KEYS = ("seed", "data.subset_seed") + config_lib.RUNTIME_KEYS
+# Keys that never define a group: seeds and cross-validation folds are averaged over; the rest
+# say how a run executed.
+EXCLUDED_KEYS = ("seed", "data.subset_seed", "data.fold") + config_lib.RUNTIME_KEYS
 # Curves plotted by default when present: the ones people look at first.
 DEFAULT_CURVES = ("eval/accuracy", "eval/loss", "train/loss", "train/accuracy")
 
@@ -101,14 +102,24 @@ def _hashable(value: Any) -> str:
 
 def swept_keys(runs: Sequence[Run]) -> list[str]:
     """Config keys whose values differ between runs (a key missing in some runs counts as
-    differing), excluding seeds and runtime keys; sorted so tables have a stable column order."""
+    differing), excluding seeds, folds, runtime keys and step counts derived from epochs; sorted
+    so tables have a stable column order."""
     keys = set().union(*(run.config for run in runs))
     swept = []
     for key in sorted(keys):
         values = {_hashable(run.config.get(key)) for run in runs}
-        if len(values) > 1 and not _excluded(key):
+        if len(values) > 1 and not _excluded(key) and not _derived(key, runs):
             swept.append(key)
     return swept
+
+
+def _derived(key: str, runs: Sequence[Run]) -> bool:
+    """A `<name>_steps` that every run derived from its `<name>_epochs` (it differs because the
+    training sets differ, e.g. across folds, not because it was swept)."""
+    if not key.endswith("_steps"):
+        return False
+    epochs = key.removesuffix("_steps") + "_epochs"
+    return all(run.config.get(epochs) is not None for run in runs)
 
 
 def group_runs(runs: Iterable[Run], keys: Sequence[str]) -> dict[tuple, list[Run]]:

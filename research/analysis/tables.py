@@ -96,7 +96,10 @@ def to_markdown(
         cells = [str(v) for v in row.values] + [str(row.n)]
         cells += [_cell(row.stats[m], digits, "±") for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
-    note = f"mean ± std (ddof=1) [{LEVEL:.0%} Student-t interval of the mean] over seeds"
+    note = (
+        f"mean ± std (ddof=1) [{LEVEL:.0%} Student-t interval of the mean] over seeds "
+        "(and cross-validation folds)"
+    )
     return "\n".join(lines) + f"\n\n{note}\n"
 
 
