@@ -6,7 +6,10 @@ Command:
     python launch/train.py --config=configs/sequence/digits_sequential.py:mnist \\
         --workdir=runs/seq_mnist  # mnist prepared: tfds build mnist --file_format=array_record
 
-Expected result: see the README table "Recurrent networks: sequence classification".
+Expected result (digits, seed 0, 2-core CPU): test accuracy 0.900 (macro F1 0.899; best
+validation accuracy 0.944) after 2357 steps, 37 s of training. Read row by row
+(`--config.task.image_order=rows`, 8 steps of 8 pixels) it is easier: 0.969 in 8 s. MNIST is not
+measured here (no dataset on the development machine).
 """
 
 import ml_collections
@@ -21,7 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg == "mnist":
         c.data.train_split, c.data.eval_split = "train[:55000]", "train[55000:]"
     c.batch_size = 64
-    c.total_epochs = 40.0 if arg != "mnist" else 20.0
+    c.total_epochs = 120.0 if arg != "mnist" else 20.0
     c.log_every_steps = 50
     c.eval_every_epochs = 5.0
     c.model = ml_collections.ConfigDict({"name": "lstm", "hidden_sizes": (128,)})
