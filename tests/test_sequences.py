@@ -334,3 +334,14 @@ def test_shakespeare_config_runs_with_truncated_bptt_on_mock_text(tmp_path):
     assert summary["test/perplexity"] > 1.0
     vocab = Vocabulary.from_json((tmp_path / "run" / "vocab.json").read_text())
     assert vocab.tokens[:2] == (PAD, OOV) and len(vocab) > 2  # the mock text's characters
+
+
+def test_gap_filling_never_reads_across_a_period_edge():
+    raw = np.array([1.0, 2.0, np.nan, np.nan, 5.0, np.nan, 7.0, 8.0])[:, None]
+    periods = {"train": (0, 4), "eval": (4, 6), "test": (6, 8)}
+    filled = sequences._fill_by_period(raw, periods)
+    # Train ends in a gap: it is held at the last training value, not interpolated towards 5.
+    np.testing.assert_array_equal(filled[:, 0], [1, 2, 2, 2, 5, 5, 7, 8])
+    future = raw.copy()
+    future[4:] += 100.0
+    np.testing.assert_array_equal(sequences._fill_by_period(future, periods)[:4], filled[:4])

@@ -96,7 +96,7 @@ def _series(d: Any, info: DatasetInfo) -> Prepared:
     s = d.series
     raw = read_series(d, info)
     periods = series_periods(d, len(raw))
-    filled = _fill_by_period(raw, d) if s.fill_gaps else raw
+    filled = _fill_by_period(raw, periods) if s.fill_gaps else raw
     if np.isnan(filled).any():
         raise DataError(f"dataset {info.name!r} has gaps: set data.series.fill_gaps=True")
     targets = tuple(s.targets) or tuple(range(raw.shape[1]))
@@ -125,10 +125,11 @@ def _series(d: Any, info: DatasetInfo) -> Prepared:
     return Prepared(sources, None, facts)
 
 
-def _fill_by_period(raw: np.ndarray, d: Any) -> np.ndarray:
-    """Linear interpolation of gaps within each chronological period (none reads another's)."""
-    a, b = windows.chronological_bounds(len(raw), tuple(d.series.fractions))
-    chunks = [raw[lo:hi] for lo, hi in ((0, a), (a, b), (b, len(raw))) if hi > lo]
+def _fill_by_period(raw: np.ndarray, periods: Mapping[str, tuple[int, int]]) -> np.ndarray:
+    """Linear interpolation of gaps within each stretch between period edges, so no period's
+    filled values read another period (with CV folds, the fold's edges count)."""
+    edges = sorted({0, len(raw), *(edge for period in periods.values() for edge in period)})
+    chunks = [raw[lo:hi] for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo]
     return np.concatenate([windows.fill_gaps(chunk) for chunk in chunks])
 
 
