@@ -55,3 +55,21 @@ class Task(Protocol):
 
     def plots(self, sums: dict[str, Any], directory: Path, prefix: str) -> list[Path]:
         """Figures of the final evaluation written into `directory`; returns their paths."""
+
+
+class SequenceInputs:
+    """Shared by the sequence tasks: the model reads `batch["inputs"]`, gets the real lengths of
+    right-padded sequences as `seq_lengths`, and the train step adds nothing to the batch."""
+
+    def prepare(self, batch: dict, step: jax.Array, rng: jax.Array | None = None) -> dict:
+        """Nothing to add inside the train step."""
+        del step, rng
+        return batch
+
+    def inputs(self, batch: dict) -> jax.Array:
+        """The sequence (values or token ids)."""
+        return batch["inputs"]
+
+    def model_kwargs(self, batch: dict) -> dict:
+        """Real lengths of right-padded sequences, when the data has them."""
+        return {"seq_lengths": batch["length"]} if "length" in batch else {}

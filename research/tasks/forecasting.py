@@ -25,12 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.tasks.base import SequenceInputs
+
 BASELINES = ("naive", "seasonal_naive", "ar")
 _MAPE_FLOOR = 1e-8  # |truth| at or below this is left out of MAPE (it is undefined at zero)
 
 
 @dataclasses.dataclass(frozen=True)
-class RegressionTask:
+class RegressionTask(SequenceInputs):
     """Mean squared error on `targets`; metrics in original units when the windows allow."""
 
     output_shape: tuple[int, ...] = (1, 1)  # (horizon, target columns), from the data
@@ -43,19 +45,6 @@ class RegressionTask:
     def transform(self) -> Callable[[dict], dict]:
         """Records -> float32 inputs and (horizon, columns) targets."""
         return functools.partial(_regression_record, output_shape=self.output_shape)
-
-    def prepare(self, batch: dict, step: jax.Array, rng: jax.Array | None = None) -> dict:
-        """Nothing to add inside the train step."""
-        del step, rng
-        return batch
-
-    def inputs(self, batch: dict) -> jax.Array:
-        """The input window."""
-        return batch["inputs"]
-
-    def model_kwargs(self, batch: dict) -> dict:
-        """Real lengths of right-padded inputs, when the data has them."""
-        return {"seq_lengths": batch["length"]} if "length" in batch else {}
 
     def predictions(self, outputs: jax.Array, batch: dict) -> jax.Array:
         """The model's outputs in the shape of the targets."""

@@ -25,13 +25,14 @@ import optax
 
 from research.data.transforms import to_float_image
 from research.errors import ConfigError, DataError
+from research.tasks.base import SequenceInputs
 from research.tasks.classification import ClassificationTask
 
 IMAGE_ORDERS = ("pixels", "rows")
 
 
 @dataclasses.dataclass(frozen=True)
-class SequenceClassificationTask(ClassificationTask):
+class SequenceClassificationTask(SequenceInputs, ClassificationTask):
     """Classification of whole sequences; the model gets `seq_lengths` when records have them."""
 
     image_order: str = "pixels"  # an image as a sequence: pixels (H*W steps) | rows (H steps)
@@ -46,17 +47,9 @@ class SequenceClassificationTask(ClassificationTask):
         """Records -> {"inputs", "label"[, "length"]}; images become sequences."""
         return functools.partial(_sequence_record, image_order=self.image_order)
 
-    def inputs(self, batch: dict) -> jax.Array:
-        """The sequence."""
-        return batch["inputs"]
-
-    def model_kwargs(self, batch: dict) -> dict:
-        """Real lengths of right-padded sequences, when the data has them."""
-        return {"seq_lengths": batch["length"]} if "length" in batch else {}
-
 
 @dataclasses.dataclass(frozen=True)
-class LanguageModelTask:
+class LanguageModelTask(SequenceInputs):
     """Cross-entropy of a `vocab_size`-way prediction at every step against `targets`."""
 
     vocab_size: int = 0  # from the data's vocabulary
@@ -69,19 +62,6 @@ class LanguageModelTask:
     def transform(self) -> Callable[[dict], dict]:
         """int32 inputs and targets (and length when present)."""
         return _token_record
-
-    def prepare(self, batch: dict, step: jax.Array, rng: jax.Array | None = None) -> dict:
-        """Nothing to add inside the train step."""
-        del step, rng
-        return batch
-
-    def inputs(self, batch: dict) -> jax.Array:
-        """The input token ids."""
-        return batch["inputs"]
-
-    def model_kwargs(self, batch: dict) -> dict:
-        """Real lengths of right-padded sequences, when the data has them."""
-        return {"seq_lengths": batch["length"]} if "length" in batch else {}
 
     def _token_losses(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
         """(per-step cross-entropy, weights: 1 on real steps)."""
