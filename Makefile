@@ -26,7 +26,7 @@ run: install
 test: install-dev
 	$(PY) -m ruff check research launch tests configs
 	$(PY) -m ruff format --check research launch tests configs
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20  # the slowest tests, to keep the suite within budget
 
 lint: install-dev
 	$(PY) -m ruff check research launch tests configs
