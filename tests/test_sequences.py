@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 import tensorflow_datasets as tfds
+from test_loop import _in_process
 
 from mock_tfds import fake_prepared
 from research import config as cfg
@@ -345,3 +346,50 @@ def test_gap_filling_never_reads_across_a_period_edge():
     future = raw.copy()
     future[4:] += 100.0
     np.testing.assert_array_equal(sequences._fill_by_period(future, periods)[:4], filled[:4])
+
+
+@pytest.mark.slow
+def test_truncated_bptt_run_stopped_and_resumed_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    """The carried states are checkpointed with the stream position: a run preempted between
+    windows continues every stream where it was."""
+    data_dir = str(tmp_path / "tfds")
+    fake_prepared("tiny_shakespeare", data_dir, {"train": 1, "validation": 1, "test": 1})
+    overrides = {
+        "data.data_dir": data_dir,
+        **FAST,
+        "model.hidden_sizes": (8,),
+        "model.embed_dim": 8,
+        "model.dropout_rate": 0.0,
+        "data.text.lm_length": 1,
+        "batch_size": 4,  # 4 streams of 3 one-character windows: the run crosses an epoch
+        "total_steps": 8,
+        "log_every_steps": 1,
+        "eval_every_steps": None,
+        "checkpoint.every_steps": 4,
+        "checkpoint.best_metric": "",
+    }
+    mock = tfds.testing.mock_data(
+        num_examples=1, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=data_dir
+    )
+    with mock:
+        whole = _in_process(
+            tmp_path / "whole", data_dir, overrides, monkeypatch, config_path=_SHAKESPEARE
+        )
+        first = _in_process(
+            tmp_path / "split", data_dir, overrides, monkeypatch, 5, config_path=_SHAKESPEARE
+        )
+        assert first.status == "preempted"
+        second = _in_process(
+            tmp_path / "split", data_dir, overrides, monkeypatch, config_path=_SHAKESPEARE
+        )
+    losses = [_train_losses(tmp_path / name) for name in ("whole", "split")]
+    assert losses[0] == losses[1] and len(losses[0]) == 8
+    assert second.summary["test/loss"] == whole.summary["test/loss"]
+
+
+_SHAKESPEARE = CONFIGS / "shakespeare_char.py"
+
+
+def _train_losses(workdir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r["train/loss"] for r in rows if "train/loss" in r]
