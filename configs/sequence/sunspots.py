@@ -25,13 +25,16 @@ import ml_collections
 
 from research.config import base_config
 
+# Dropout per model chosen by the expanding-window validation (`:cv`): 0.4 for the stacked LSTM
+# (validation RMSE 15.05 vs 15.26 at the material's 0.2), 0.2 for the hybrid (a tie).
 MODELS = {
-    "lstm": {"name": "lstm", "cell": ("lstm", "lstm")},  # stacked LSTM (a cell per layer)
-    "hybrid": {"name": "lstm", "cell": ("lstm", "gru")},  # LSTM -> GRU
+    "lstm": {"name": "lstm", "cell": ("lstm", "lstm"), "dropout_rate": 0.4},  # stacked LSTM
+    "hybrid": {"name": "lstm", "cell": ("lstm", "gru"), "dropout_rate": 0.2},  # LSTM -> GRU
 }
 SEEDS = (0, 1, 2)
 FOLDS = 5
 WIDTHS = ((128, 64), (32, 32))  # the material's recipe, and a smaller stack
+DROPOUTS = (0.0, 0.2, 0.4)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -49,9 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.total_epochs = 200.0
     c.log_every_steps = 20
     c.eval_every_epochs = 1.0
-    c.model = ml_collections.ConfigDict(
-        {**MODELS[kind], "hidden_sizes": (128, 64), "dropout_rate": 0.2}
-    )
+    c.model = ml_collections.ConfigDict({**MODELS[kind], "hidden_sizes": WIDTHS[0]})
     c.task = ml_collections.ConfigDict({"name": "forecasting"})
     c.optimizer.schedule = "constant"
     c.optimizer.learning_rate = 1e-3
@@ -64,13 +65,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:
-    """Both models over 3 seeds; with "cv", both models at two widths over the folds of the
-    expanding-window validation (the test period is not read: it selects the width)."""
+    """Both models over 3 seeds. With "cv", the expanding-window validation that chose the
+    settings (it never reads the test period): each model at both widths (dropout 0.2), and at
+    the material's width with each dropout, on every fold."""
     if arg == "cv":
+        settings = [(w, 0.2) for w in WIDTHS] + [(WIDTHS[0], d) for d in DROPOUTS if d != 0.2]
         return [
-            {"model.cell": MODELS[kind]["cell"], "model.hidden_sizes": width, "data.fold": fold}
+            {
+                "model.cell": MODELS[kind]["cell"],
+                "model.hidden_sizes": width,
+                "model.dropout_rate": dropout,
+                "data.fold": fold,
+            }
             for kind in MODELS
-            for width in WIDTHS
+            for width, dropout in settings
             for fold in range(FOLDS)
         ]
-    return [{"model.cell": MODELS[kind]["cell"], "seed": seed} for kind in MODELS for seed in SEEDS]
+    return [
+        {"model.cell": m["cell"], "model.dropout_rate": m["dropout_rate"], "seed": seed}
+        for m in MODELS.values()
+        for seed in SEEDS
+    ]
