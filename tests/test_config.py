@@ -75,3 +75,6 @@ def test_every_config_file_loads_and_documents_its_command(path):
     assert config.is_locked
     module_doc = path.read_text().split('"""')[1]
     assert "launch/train.py" in module_doc and "Expected result" in module_doc
+    # Epoch-based cadences must agree after rounding to steps, whatever the dataset size.
+    for examples in (1000, 1257):
+        cfg.resolve(config, num_train_examples=examples)
