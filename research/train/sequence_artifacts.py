@@ -50,13 +50,14 @@ def write_artifacts(
     params = run.par.to_host(eval_params(state))
     figures: list[Path] = []
     summary: dict[str, Any] = {}
-    test = _first_examples(run, len(run.sources["test"]))
-    if isinstance(run.task, RegressionTask) and "truth" in test and plots:
+    few = _first_examples(run, min(GRADIENT_EXAMPLES, len(run.sources["test"])))
+    if isinstance(run.task, RegressionTask) and "truth" in few and plots:
+        test = _first_examples(run, len(run.sources["test"]))  # a series' whole test period
         figures.append(plot_forecasts(run, params, test, directory / "forecast_test.png"))
     if isinstance(run.model, RecurrentNet) and run.model.pooling == "attention" and plots:
-        figures.append(plot_attention(run, params, test, directory / "attention.png"))
-    if _gradients_apply(run) and "length" not in test:  # full-length sequences only
-        norms = _hidden_gradients(run, params)
+        figures.append(plot_attention(run, params, few, directory / "attention.png"))
+    if _gradients_apply(run) and "length" not in few:  # full-length sequences only
+        norms = _hidden_gradients(run, params, few)
         summary.update({f"gradients/ratio_{k}": float(v[0] / v[-1]) for k, v in norms.items()})
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / "hidden_gradients.json"
@@ -72,13 +73,13 @@ def write_artifacts(
 
 
 def _first_examples(run: Run, count: int) -> dict[str, np.ndarray]:
-    """The first `count` test examples, transformed and stacked."""
-    batch = next(
-        iter(
-            data.eval_batches(run.sources["test"], global_batch_size=count, transform=run.transform)
-        )
+    """The first `count` test examples, transformed and stacked (no padding)."""
+    batches = data.eval_batches(
+        run.sources["test"], global_batch_size=count, transform=run.transform
     )
-    return {k: np.asarray(v) for k, v in batch.items()}
+    batch = next(iter(batches))
+    real = np.asarray(batch.pop("mask")) > 0
+    return {k: np.asarray(v)[real] for k, v in batch.items()}
 
 
 def _apply(run: Run, params: Any, batch: dict[str, np.ndarray], **kwargs: Any) -> tuple:
@@ -157,9 +158,8 @@ def _gradients_apply(run: Run) -> bool:
     )
 
 
-def _hidden_gradients(run: Run, params: Any) -> dict[str, np.ndarray]:
-    """||dL/dh_t|| of the task loss on the first test examples, trained and at initialisation."""
-    batch = _first_examples(run, min(GRADIENT_EXAMPLES, len(run.sources["test"])))
+def _hidden_gradients(run: Run, params: Any, batch: dict) -> dict[str, np.ndarray]:
+    """||dL/dh_t|| of the task loss on `batch` (test examples), trained and at initialisation."""
     jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
     inputs = run.task.inputs(jbatch)
 
