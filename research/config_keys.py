@@ -200,7 +200,7 @@ def _transfer_defaults() -> ml_collections.ConfigDict:
 
 def _evaluation_defaults() -> ml_collections.ConfigDict:
     # Artifacts of the final test pass for image classifiers (research/train/artifacts.py) and
-    # reconstruction runs (research/train/generative_artifacts.py).
+    # reconstruction runs (research/train/generative_artifacts.py, generative_figures.py).
     return ml_collections.ConfigDict(
         {
             "artifacts": True,

@@ -23,6 +23,7 @@ from research.errors import ConfigError
 from research.models import get_model
 from research.tasks import ReconstructionTask
 from research.train import generative_artifacts as ga
+from research.train import generative_figures as gf
 from research.train import loop
 from research.train.setup import build_run
 
@@ -143,8 +144,8 @@ def test_latent_arithmetic_moves_an_example_by_the_class_mean_difference():
     latents = np.array([[1.0, 0.0], [3.0, 2.0], [10.0, 10.0], [12.0, 14.0], [0.0, 5.0]])
     labels = np.array([0, 0, 1, 1, 2])
     # z(x0) - mean(class 0) + mean(class 1) = (1, 0) - (2, 1) + (11, 12)
-    np.testing.assert_allclose(ga.latent_arithmetic(latents, labels, 0, 1), [10.0, 11.0])
-    np.testing.assert_allclose(ga.latent_arithmetic(latents, labels, 4, 2), latents[4])
+    np.testing.assert_allclose(gf.latent_arithmetic(latents, labels, 0, 1), [10.0, 11.0])
+    np.testing.assert_allclose(gf.latent_arithmetic(latents, labels, 4, 2), latents[4])
 
 
 # --- the per-example score against the task's eval metrics -------------------------------------
