@@ -1,6 +1,6 @@
 """Data: TFDS sources (public and offline builders), grain pipelines and per-record transforms.
 
-Importing this package registers our offline TFDS builders ("digits", "xor") with TFDS.
+Importing this package registers our offline TFDS builders (research/data/builders) with TFDS.
 """
 
 from research.data import builders as _builders  # noqa: F401  (registers the offline builders)
