@@ -152,6 +152,7 @@ def _series_defaults() -> ml_collections.ConfigDict:
             "scaler": "standard",  # standard | minmax | none, fitted on the training period
             "fill_gaps": True,  # linear interpolation of NaNs, within each period
             "difference": False,  # predict the change from the last observed value
+            "log": False,  # model log(values) (positive series; metrics stay in original units)
             "season": 1,  # seasonal-naive period in steps (sunspots 11, co2 52, elnino 12)
             "ar_order": config_dict.placeholder(
                 int

@@ -15,6 +15,7 @@ from test_loop import _in_process
 
 from mock_tfds import fake_prepared
 from research import config as cfg
+from research.analysis import stationarity
 from research.data import sequences
 from research.data.builders.series import sunspots_series
 from research.data.text import OOV, PAD, Vocabulary
@@ -219,6 +220,9 @@ def test_forecasting_run_reports_the_model_and_every_baseline(tmp_path, data_dir
         assert np.isfinite(summary[f"test/{prefix}rmse"])
     assert len(summary["test/rmse_by_horizon"]) == 4
     assert set(summary["test/beats"]) == {"naive", "seasonal_naive", "ar"}
+    train = np.asarray(sunspots_series()[1], np.float64)[: round(309 * 0.7)]
+    assert summary["train/adf_pvalue"] == stationarity.adf_test(train).pvalue  # the levels
+    assert summary["train/stationary_model"] is True  # the differences the model reads
     plots = tmp_path / "sunspots" / "plots"
     for name in ("forecast_test.png", "hidden_gradients.png"):
         assert (plots / name).stat().st_size > 10_000

@@ -6,9 +6,11 @@
   step, in the split `data.train_split`): chronological train/eval/test periods
   (`data.series.fractions`), or with `data.num_folds` = k the fold `data.fold` of an expanding
   (or sliding) window cross-validation over the train+eval period, the test period unchanged.
-  Gaps are filled by linear interpolation within each period, the scaler is fitted on the
-  training period only, and each window carries the naive, seasonal-naive and linear-AR
-  forecasts (the AR fitted on training windows only) in original units, beside the truth.
+  Gaps are filled by linear interpolation within each period, the augmented Dickey-Fuller test
+  is run on the training period (facts "summary" and "description"), `data.series.log` takes
+  logarithms, the scaler is fitted on the training period only, and each window carries the
+  naive, seasonal-naive and linear-AR forecasts (the AR fitted on training windows only) in
+  original units, beside the truth.
 * a text (`data.text.level` char | word): a vocabulary from the train split only (min count,
   size cap, PAD 0, OOV 1), then either classification examples padded or truncated to
   `max_length` with their real "length", or (`lm_length` > 0) next-token windows over each
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from research.analysis import baselines
+from research.analysis import baselines, stationarity
 from research.data import text, windows
 from research.data.sources import ArraySource, DatasetInfo, open_source
 from research.errors import ConfigError, DataError
@@ -100,8 +102,13 @@ def _series(d: Any, info: DatasetInfo) -> Prepared:
     if np.isnan(filled).any():
         raise DataError(f"dataset {info.name!r} has gaps: set data.series.fill_gaps=True")
     targets = tuple(s.targets) or tuple(range(raw.shape[1]))
-    scaler = windows.Scaler.fit(filled[slice(*periods["train"])], s.scaler)
-    scaled = scaler.transform(filled)
+    train = slice(*periods["train"])
+    levels = _log_levels(filled, info.name) if s.log else filled  # what the model reads
+    entries = stationarity.summary_entries(
+        filled[train][:, list(targets)], log=s.log, difference=s.difference
+    )
+    scaler = windows.Scaler.fit(levels[train], s.scaler)
+    scaled = scaler.transform(levels)
     made = {
         prefix: windows.make_windows(
             scaled,
@@ -118,11 +125,27 @@ def _series(d: Any, info: DatasetInfo) -> Prepared:
     order = s.ar_order or s.input_steps
     ar = baselines.LinearAR.fit(filled, made["train"]["origin"], s.horizon, order, targets)
     sources = {
-        prefix: ArraySource(_forecast_records(w, filled, scaler, targets, s, ar))
+        prefix: ArraySource(_forecast_records(w, filled, levels, scaler, targets, s, ar))
         for prefix, w in made.items()
     }
-    facts = {"output_shape": (s.horizon, len(targets)), "periods": periods}
+    facts = {
+        "output_shape": (s.horizon, len(targets)),
+        "periods": periods,
+        "log_levels": bool(s.log),
+        "summary": entries,
+        "description": stationarity.describe(entries) if entries else None,
+    }
     return Prepared(sources, None, facts)
+
+
+def _log_levels(filled: np.ndarray, name: str) -> np.ndarray:
+    """log(values), refusing a series with values at or below zero (where log is undefined)."""
+    if (filled <= 0).any():
+        raise DataError(
+            f"data.series.log needs positive values; {name!r} has {int((filled <= 0).sum())} "
+            f"at or below zero (min {filled.min():g}): use data.series.difference instead"
+        )
+    return np.log(filled)
 
 
 def _fill_by_period(raw: np.ndarray, periods: Mapping[str, tuple[int, int]]) -> np.ndarray:
@@ -134,15 +157,22 @@ def _fill_by_period(raw: np.ndarray, periods: Mapping[str, tuple[int, int]]) -> 
 
 
 def _forecast_records(
-    w: dict[str, np.ndarray], filled: np.ndarray, scaler: Any, targets: tuple, s: Any, ar: Any
+    w: dict[str, np.ndarray],
+    filled: np.ndarray,
+    levels: np.ndarray,
+    scaler: Any,
+    targets: tuple,
+    s: Any,
+    ar: Any,
 ) -> dict[str, np.ndarray]:
-    """Window arrays plus what scoring in original units needs: scale, offset, truth, baselines."""
+    """Window arrays plus what scoring in original units needs: scale, offset, truth, baselines.
+    `levels` is the series the windows were cut from (`filled`, or its log)."""
     origin, cols = w["origin"], list(targets)
     count = len(origin)
     scale = np.broadcast_to(scaler.scale[cols], (count, len(cols)))
-    # Differenced targets are changes from the last level: add it back in original units.
+    # Differenced targets are changes from the last level: add it back (in the model's levels).
     offset = (
-        filled[origin][:, cols]
+        levels[origin][:, cols]
         if s.difference
         else np.broadcast_to(scaler.center[cols], scale.shape)
     )

@@ -47,7 +47,8 @@ def get_task(
     """Instantiate the task named by `task.name` with the dataset's facts it needs.
 
     `facts` come from prepared sequence data (research.data.sequences): the targets'
-    "output_shape" (horizon, columns) of a forecast, the "vocab_size" of a tokenized text.
+    "output_shape" (horizon, columns) of a forecast and whether it is of "log_levels", the
+    "vocab_size" of a tokenized text.
     The model is then built with `task.model_outputs` outputs (1 for binary_classification).
     """
     facts = facts or {}
@@ -79,7 +80,11 @@ def get_task(
     if name == "reconstruction":
         return ReconstructionTask.from_config(kwargs, input_size=input_size)
     if name in ("forecasting", "regression"):
-        return RegressionTask(output_shape=tuple(facts.get("output_shape", (1, 1))), **kwargs)
+        return RegressionTask(
+            output_shape=tuple(facts.get("output_shape", (1, 1))),
+            log_levels=bool(facts.get("log_levels", False)),
+            **kwargs,
+        )
     if name == "sequence_classification":
         if not num_classes:
             raise ConfigError("task 'sequence_classification' needs a dataset with a 'label'")

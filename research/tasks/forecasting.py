@@ -7,10 +7,10 @@ targets; the training loss is their mean squared error in the units the data is 
 
 Forecast windows made by research.data.sequences also carry what is needed to score in the
 series' ORIGINAL units: "scale" and "offset" (prediction * scale + offset undoes the scaling and
-the differencing), the original "truth", and the baselines' predictions ("naive",
-"seasonal_naive", "ar"). Evaluation then reports mse, rmse, mae and mape of the model and the
-rmse, mae and mse of every baseline over the same windows, and the summary says which baselines
-the model beat. Without those keys the metrics are in the data's own units.
+the differencing; then exp undoes `data.series.log`), the original "truth", and the baselines'
+predictions ("naive", "seasonal_naive", "ar"). Evaluation then reports mse, rmse, mae and mape
+of the model and the rmse, mae and mse of every baseline over the same windows, and the summary
+says which baselines the model beat. Without those keys the metrics are in the data's own units.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class RegressionTask(SequenceInputs):
     """Mean squared error on `targets`; metrics in original units when the windows allow."""
 
     output_shape: tuple[int, ...] = (1, 1)  # (horizon, target columns), from the data
+    log_levels: bool = False  # the windows hold log(values) (data.series.log), from the data
 
     @property
     def model_outputs(self) -> int:
@@ -61,12 +62,14 @@ class RegressionTask(SequenceInputs):
         pred = self.predictions(outputs, batch)
         sums = {"loss": jnp.sum(jnp.mean((pred - batch["targets"]) ** 2, (1, 2)) * mask[:, 0, 0])}
         truth = batch.get("truth", batch["targets"])
-        sums.update(_error_sums("", original_units(pred, batch) - truth, mask))
+        sums.update(_error_sums("", original_units(pred, batch, log=self.log_levels) - truth, mask))
         for name in BASELINES:
             if name in batch:
                 sums.update(_error_sums(f"{name}_", batch[name] - truth, mask))
         defined = (jnp.abs(truth) > _MAPE_FLOOR) * mask
-        ape = jnp.abs(original_units(pred, batch) - truth) / jnp.maximum(jnp.abs(truth), 1e-8)
+        ape = jnp.abs(original_units(pred, batch, log=self.log_levels) - truth) / jnp.maximum(
+            jnp.abs(truth), 1e-8
+        )
         sums["ape"] = jnp.sum(ape * defined)
         sums["ape_count"] = jnp.sum(defined)
         sums["count"] = jnp.sum(mask) * self.model_outputs
@@ -106,11 +109,13 @@ class RegressionTask(SequenceInputs):
         return []
 
 
-def original_units(pred: jax.Array, batch: dict) -> jax.Array:
-    """Predictions back in the series' units: pred * scale + offset (identity without them)."""
+def original_units(pred: jax.Array, batch: dict, *, log: bool = False) -> jax.Array:
+    """Predictions back in the series' units: pred * scale + offset (identity without them),
+    then exp when the windows were cut from the log of the series."""
     if "scale" not in batch:
         return pred
-    return pred * batch["scale"][:, None, :] + batch["offset"][:, None, :]
+    levels = pred * batch["scale"][:, None, :] + batch["offset"][:, None, :]
+    return jnp.exp(levels) if log else levels
 
 
 def _error_sums(prefix: str, error: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:

@@ -89,6 +89,8 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> RunResult:
                 vocabulary.to_json() if vocabulary is not None else None,
             )
             print(_describe_optimizer(run), flush=True)
+            if run.facts.get("description"):  # e.g. a series' stationarity test
+                print(run.facts["description"], flush=True)
         tracker = stack.enter_context(_make_tracker(run, workdir, config_json, manifest))
         tracker.truncate_after(start)
         ctx = _Context(run, workdir, ckpt, tracker, batches, monitor, seconds)
@@ -309,6 +311,7 @@ def _finish(ctx: _Context, state: Any) -> dict:
     )
     summary.update({f"test/{k}": v for k, v in run.task.summary(test_sums).items()})
     summary.update(evaluation.compute_cost(run))
+    summary.update(run.facts.get("summary", {}))  # from data preparation (ADF p-values)
     summary.update(transfer.retention(run, state))
     if continual.is_continual(run) and _is_main():
         for prefix in ("eval", "test"):

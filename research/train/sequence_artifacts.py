@@ -100,7 +100,9 @@ def _apply(run: Run, params: Any, batch: dict[str, np.ndarray], **kwargs: Any) -
 def plot_forecasts(run: Run, params: Any, test: dict[str, np.ndarray], path: Path) -> Path:
     """Truth, one-step forecasts of the model and baselines, and multi-horizon fans (column 0)."""
     outputs, _ = _apply(run, params, test)
-    pred = np.asarray(original_units(run.task.predictions(outputs, test), test))
+    pred = np.asarray(
+        original_units(run.task.predictions(outputs, test), test, log=run.task.log_levels)
+    )
     truth, origin = test["truth"][..., 0], test["origin"]
     horizon = truth.shape[1]
     fig = Figure(figsize=(10, 4))
