@@ -186,6 +186,15 @@ def test_truncated_bptt_carries_the_state_but_not_the_gradient_across_windows():
     # ... which differs from back-propagating into the first window.
     full = jax.jit(jax.grad(lambda p: loss(p, first_carry(p))))(params)
     assert abs(float(optax.global_norm(full)) - grad_norm) > 1e-4
+    # A reset row starts over from zero; the other stream carries on.
+    state, _ = step(state, {**first, "reset": jnp.array([0.0, 1.0])})
+    three = jnp.concatenate([both, first["inputs"]], axis=1)
+    carried_on = model.apply({"params": params}, three, train=False)[1]["carry"]
+    fresh = model.apply({"params": params}, first["inputs"], train=False)[1]["carry"]
+    leaves = [jax.tree.leaves(c) for c in (state.extras["carry"], carried_on, fresh)]
+    for got, row0, row1 in zip(*leaves, strict=True):
+        np.testing.assert_allclose(got[0], row0[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[1], row1[1], rtol=1e-5, atol=1e-6)
 
 
 def test_streams_put_consecutive_windows_of_each_stream_in_successive_batches():
@@ -234,7 +243,11 @@ def test_forecasting_run_reports_the_model_and_every_baseline(tmp_path, data_dir
 
 
 def test_expanding_window_folds_train_on_the_past_of_their_eval_block(data_dir):
-    folds = [_prepared(_config("sunspots.py:cv", data_dir, **{"data.fold": k})) for k in range(5)]
+    horizon = {"data.series.horizon": 3}
+    folds = [
+        _prepared(_config("sunspots.py:cv", data_dir, **{"data.fold": k, **horizon}))
+        for k in range(5)
+    ]
     edges = [fold.facts["periods"] for fold in folds]
     assert all(e["train"][0] == 0 for e in edges)  # expanding: always from the start
     assert [e["train"][1] for e in edges] == [e["eval"][0] for e in edges]
@@ -242,7 +255,9 @@ def test_expanding_window_folds_train_on_the_past_of_their_eval_block(data_dir):
     assert ends == sorted(ends) and ends[-1] == edges[0]["test"][0]  # up to the test period
     for fold in folds:
         train, evaluation = (fold.sources[k].arrays["origin"] for k in ("train", "eval"))
-        assert train.max() + 1 < evaluation.min() + 1  # every training target precedes eval ones
+        # The last training target (origin + horizon) precedes the first eval target.
+        assert train.max() + 3 < evaluation.min() + 1
+        assert train.max() + 3 == fold.facts["periods"]["train"][1] - 1  # and ends its period
 
 
 def test_images_read_as_pixel_or_row_sequences():

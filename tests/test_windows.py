@@ -444,3 +444,61 @@ def test_linear_ar_order_one_is_a_least_squares_line():
     prediction = model.predict(values, [45])
     np.testing.assert_allclose(prediction[0, 0, 0], slope * values[45, 1] + intercept, rtol=1e-5)
     assert model.targets == (1,)
+
+
+# ------------------------------------------------------------------ gaps and observed windows
+
+
+def test_observed_windows_by_hand():
+    raw = np.array([[1.0, 0.0], [np.nan, 0.0], [3.0, np.nan], [4.0, 0.0], [5.0, 0.0]])
+    origins = np.array([0, 1, 2, 3])
+    # Origin 1 is a gap; origin 2 has a gap in column 1 (an input); origin 0's target is a gap.
+    keep = windows.observed_windows(raw, origins, horizon=1, targets=[0])
+    np.testing.assert_array_equal(keep, [False, False, False, True])
+    # A gap in a column that is not forecast only matters at the origin.
+    keep = windows.observed_windows(raw, np.array([0, 3]), horizon=1, targets=[1])
+    np.testing.assert_array_equal(keep, [True, True])
+
+
+def _series_options(horizon: int, difference: bool):
+    from research.config import base_config
+
+    s = base_config().data.series
+    s.input_steps, s.horizon, s.difference = 4, horizon, difference
+    return s
+
+
+@PROPERTY
+@given(
+    st.integers(60, 120),
+    st.integers(1, 3),
+    st.booleans(),
+    st.floats(0.05, 0.3),
+    st.integers(0, 2**32 - 1),
+)
+def test_gap_filled_eval_and_test_windows_read_no_future_and_score_real_values(
+    n, horizon, difference, gap_rate, seed
+):
+    from research.data import sequences
+
+    rng = np.random.default_rng(seed)
+    raw = rng.normal(size=(n, 1)).cumsum(axis=0)
+    raw[rng.random(n) < gap_rate] = np.nan
+    raw[0] = 0.0  # an observed start, so every period's gaps can be filled
+    periods = {"train": (0, n // 2), "eval": (n // 2, 3 * n // 4), "test": (3 * n // 4, n)}
+    options = _series_options(horizon, difference)
+    try:
+        cut = sequences.cut_series(raw, periods, options)
+    except DataError:  # a period left without an observed window
+        assume(False)
+    for prefix in ("eval", "test"):
+        made = cut.windows[prefix]
+        for row, t0 in enumerate(made["origin"]):
+            steps = t0 + np.arange(1, horizon + 1)
+            np.testing.assert_array_equal(cut.filled[steps], raw[steps])  # real targets
+            future = raw.copy()
+            future[t0 + 1 :] += 100.0  # NaNs stay NaN: the same windows are kept
+            other = sequences.cut_series(future, periods, options).windows[prefix]
+            match = np.flatnonzero(other["origin"] == t0)
+            assert len(match) == 1
+            np.testing.assert_array_equal(other["inputs"][match[0]], made["inputs"][row])

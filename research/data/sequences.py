@@ -6,7 +6,9 @@
   step, in the split `data.train_split`): chronological train/eval/test periods
   (`data.series.fractions`), or with `data.num_folds` = k the fold `data.fold` of an expanding
   (or sliding) window cross-validation over the train+eval period, the test period unchanged.
-  Gaps are filled by linear interpolation within each period, the augmented Dickey-Fuller test
+  Gaps are filled by linear interpolation within each period and only windows whose origin and
+  targets were observed are kept (so no input is interpolated from the future and every target
+  is real), the augmented Dickey-Fuller test
   is run on the training period (facts "summary" and "description"), `data.series.log` takes
   logarithms, the scaler is fitted on the training period only, and each window carries the
   naive, seasonal-naive and linear-AR forecasts (the AR fitted on training windows only) in
@@ -94,39 +96,64 @@ def series_periods(d: Any, n: int) -> dict[str, tuple[int, int]]:
     return periods
 
 
+@dataclasses.dataclass(frozen=True)
+class SeriesWindows:
+    """A series cut into forecast windows, period by period (`cut_series`)."""
+
+    filled: np.ndarray  # [N, F]: gaps filled within each period, original units
+    levels: np.ndarray  # what the windows are cut from: `filled`, or its log
+    scaler: windows.Scaler  # fitted on the training period of `levels`
+    targets: tuple[int, ...]  # the forecast columns
+    windows: dict[str, dict[str, np.ndarray]]  # by period: make_windows' arrays, observed only
+
+
+def cut_series(
+    raw: np.ndarray, periods: Mapping[str, tuple[int, int]], s: Any, name: str = "series"
+) -> SeriesWindows:
+    """Fill gaps within each period, take logs (`s.log`), scale with the training period's
+    statistics and cut every period into windows whose origin and targets were observed."""
+    filled = _fill_by_period(raw, periods) if s.fill_gaps else raw
+    if np.isnan(filled).any():
+        raise DataError(f"dataset {name!r} has gaps: set data.series.fill_gaps=True")
+    targets = tuple(s.targets) or tuple(range(raw.shape[1]))
+    levels = _log_levels(filled, name) if s.log else filled  # what the model reads
+    scaler = windows.Scaler.fit(levels[slice(*periods["train"])], s.scaler)
+    scaled = scaler.transform(levels)
+    made = {
+        prefix: _observed_only(
+            windows.make_windows(
+                scaled,
+                input_steps=s.input_steps,
+                horizon=s.horizon,
+                start=start,
+                end=end,
+                stride=s.stride if prefix == "train" else 1,
+                targets=targets,
+                difference=s.difference,
+            ),
+            raw,
+            targets,
+            prefix,
+        )
+        for prefix, (start, end) in periods.items()
+    }
+    return SeriesWindows(filled, levels, scaler, targets, made)
+
+
 def _series(d: Any, info: DatasetInfo) -> Prepared:
     s = d.series
     raw = read_series(d, info)
     periods = series_periods(d, len(raw))
-    filled = _fill_by_period(raw, periods) if s.fill_gaps else raw
-    if np.isnan(filled).any():
-        raise DataError(f"dataset {info.name!r} has gaps: set data.series.fill_gaps=True")
-    targets = tuple(s.targets) or tuple(range(raw.shape[1]))
-    train = slice(*periods["train"])
-    levels = _log_levels(filled, info.name) if s.log else filled  # what the model reads
+    cut = cut_series(raw, periods, s, info.name)
+    filled, targets = cut.filled, cut.targets
     entries = stationarity.summary_entries(
-        filled[train][:, list(targets)], log=s.log, difference=s.difference
+        filled[slice(*periods["train"])][:, list(targets)], log=s.log, difference=s.difference
     )
-    scaler = windows.Scaler.fit(levels[train], s.scaler)
-    scaled = scaler.transform(levels)
-    made = {
-        prefix: windows.make_windows(
-            scaled,
-            input_steps=s.input_steps,
-            horizon=s.horizon,
-            start=start,
-            end=end,
-            stride=s.stride if prefix == "train" else 1,
-            targets=targets,
-            difference=s.difference,
-        )
-        for prefix, (start, end) in periods.items()
-    }
     order = s.ar_order or s.input_steps
-    ar = baselines.LinearAR.fit(filled, made["train"]["origin"], s.horizon, order, targets)
+    train_origins = cut.windows["train"]["origin"]
+    ar = baselines.LinearAR.fit(filled, train_origins, s.horizon, order, targets)
     sources = {
-        prefix: ArraySource(_forecast_records(w, filled, levels, scaler, targets, s, ar))
-        for prefix, w in made.items()
+        prefix: ArraySource(_forecast_records(w, cut, s, ar)) for prefix, w in cut.windows.items()
     }
     facts = {
         "output_shape": (s.horizon, len(targets)),
@@ -136,6 +163,20 @@ def _series(d: Any, info: DatasetInfo) -> Prepared:
         "description": stationarity.describe(entries) if entries else None,
     }
     return Prepared(sources, None, facts)
+
+
+def _observed_only(
+    w: dict[str, np.ndarray], raw: np.ndarray, targets: tuple, prefix: str
+) -> dict[str, np.ndarray]:
+    """The windows whose origin and targets were observed in `raw` (windows.observed_windows)."""
+    horizon = w["targets"].shape[1]
+    keep = windows.observed_windows(raw, w["origin"], horizon, targets)
+    if not keep.any():
+        raise DataError(
+            f"every {prefix} window has a gap at its origin or in its targets; "
+            "use a longer period (data.series.fractions) or a shorter horizon"
+        )
+    return {key: value[keep] for key, value in w.items()}
 
 
 def _log_levels(filled: np.ndarray, name: str) -> np.ndarray:
@@ -157,24 +198,17 @@ def _fill_by_period(raw: np.ndarray, periods: Mapping[str, tuple[int, int]]) -> 
 
 
 def _forecast_records(
-    w: dict[str, np.ndarray],
-    filled: np.ndarray,
-    levels: np.ndarray,
-    scaler: Any,
-    targets: tuple,
-    s: Any,
-    ar: Any,
+    w: dict[str, np.ndarray], cut: SeriesWindows, s: Any, ar: Any
 ) -> dict[str, np.ndarray]:
-    """Window arrays plus what scoring in original units needs: scale, offset, truth, baselines.
-    `levels` is the series the windows were cut from (`filled`, or its log)."""
-    origin, cols = w["origin"], list(targets)
+    """Window arrays plus what scoring in original units needs: scale, offset, truth, baselines."""
+    origin, cols, filled = w["origin"], list(cut.targets), cut.filled
     count = len(origin)
-    scale = np.broadcast_to(scaler.scale[cols], (count, len(cols)))
+    scale = np.broadcast_to(cut.scaler.scale[cols], (count, len(cols)))
     # Differenced targets are changes from the last level: add it back (in the model's levels).
     offset = (
-        levels[origin][:, cols]
+        cut.levels[origin][:, cols]
         if s.difference
-        else np.broadcast_to(scaler.center[cols], scale.shape)
+        else np.broadcast_to(cut.scaler.center[cols], scale.shape)
     )
     steps = origin[:, None] + np.arange(1, s.horizon + 1)[None]
     return {

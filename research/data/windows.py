@@ -9,8 +9,10 @@ feature. Forecasting data must never see the future, so everything here follows 
 3. A window with forecast origin t0 reads inputs at indices <= t0 and targets at indices > t0,
    all inside [0, end); so nothing at or after `end` reaches any window of a period.
 
-`fill_gaps` interpolates between neighbouring observations, so a filled value before t0 may use
-an observation after it; for a strictly causal training set call it on the prefix `values[:a]`.
+`fill_gaps` interpolates between neighbouring observations, so a filled value at or before t0
+may use an observation after it. It never does when t0 itself is observed (every gap before t0
+then lies between observations at or before t0): `observed_windows` keeps exactly the windows
+whose origin and targets were observed, so inputs read only the past and every target is real.
 """
 
 from __future__ import annotations
@@ -208,3 +210,18 @@ def make_windows(
         "last": last.astype(np.float32),
         "origin": origins,
     }
+
+
+def observed_windows(
+    raw: np.ndarray, origins: np.ndarray, horizon: int, targets: Sequence[int] | None = None
+) -> np.ndarray:
+    """[W] booleans: true where the origin row (every column) and the targets' values (target
+    columns, steps t0+1 .. t0+horizon) of `raw` [N, F] (NaN at gaps) were observed. Such a window
+    reads no future through gap filling, and it is scored against real values only."""
+    raw = _as_2d(raw)
+    columns = _target_columns(targets, raw.shape[1])
+    origins = np.asarray(origins, dtype=np.int64)
+    steps = origins[:, None] + np.arange(1, horizon + 1)[None, :]
+    origin_seen = ~np.isnan(raw[origins]).any(axis=1)
+    targets_seen = ~np.isnan(raw[steps][:, :, columns]).any(axis=(1, 2))
+    return origin_seen & targets_seen

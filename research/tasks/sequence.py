@@ -79,13 +79,15 @@ class LanguageModelTask(SequenceInputs):
         return losses, weights
 
     def loss(self, logits: jax.Array, aux: dict, batch: dict) -> tuple[jax.Array, dict]:
-        """Mean cross-entropy per real token, its perplexity and the token accuracy."""
+        """Mean cross-entropy per real token and the token accuracy."""
         losses, weights = self._token_losses(logits, batch)
         total = jnp.maximum(jnp.sum(weights), 1.0)
         loss = jnp.sum(losses * weights) / total
         correct = jnp.argmax(logits, -1) == batch["targets"]
         accuracy = jnp.sum(correct * weights) / total
-        return loss, {"loss": loss, "perplexity": jnp.exp(loss), "accuracy": accuracy}
+        # No training perplexity: under pmap it would be a mean of per-device exp(loss), not
+        # exp of the mean; eval reports it exactly from sums, and exp(train/loss) is one step.
+        return loss, {"loss": loss, "accuracy": accuracy}
 
     def eval_sums(self, logits: jax.Array, aux: dict, batch: dict) -> dict[str, jax.Array]:
         """Masked sums of cross-entropy and correct predictions, and the token count."""
