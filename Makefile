@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN ?= runs/quickstart
+# Test processes: each file runs whole in one of them (module fixtures are built once).
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint format install install-dev clean
 
@@ -26,7 +28,7 @@ run: install
 test: install-dev
 	$(PY) -m ruff check research launch tests configs
 	$(PY) -m ruff format --check research launch tests configs
-	$(PY) -m pytest -q --durations=20  # the slowest tests, to keep the suite within budget
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20  # slowest: keep in budget
 
 lint: install-dev
 	$(PY) -m ruff check research launch tests configs
