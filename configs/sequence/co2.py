@@ -3,8 +3,9 @@ LSTM and an LSTM->GRU hybrid, against the naive, seasonal-naive (52 weeks) and l
 
 The series has a trend and a yearly cycle. Gaps are filled by linear interpolation within each
 chronological period (70/15/15) and windows whose origin or targets fall on a gap are left out
-(all 59 gaps are in the training period: 1439 of its 1543 windows remain), the model predicts the change from the last observed week
-(`data.series.difference`, configurable) from a 52-week window, and every metric is in ppm.
+(all 59 gaps are in the training period: 1439 of its 1543 windows remain); the model predicts
+the change from the last observed week (`data.series.difference`, configurable) from a 52-week
+window, and every metric is in ppm.
 
 Commands:
     python launch/train.py --config=configs/sequence/co2.py --workdir=runs/co2/lstm
