@@ -8,11 +8,10 @@
   (or sliding) window cross-validation over the train+eval period, the test period unchanged.
   Gaps are filled by linear interpolation within each period and only windows whose origin and
   targets were observed are kept (so no input is interpolated from the future and every target
-  is real), the augmented Dickey-Fuller test
-  is run on the training period (facts "summary" and "description"), `data.series.log` takes
-  logarithms, the scaler is fitted on the training period only, and each window carries the
-  naive, seasonal-naive and linear-AR forecasts (the AR fitted on training windows only) in
-  original units, beside the truth.
+  is real); the augmented Dickey-Fuller test is run on the training period (facts "summary" and
+  "description"); `data.series.log` takes logarithms; the scaler is fitted on the training
+  period only; and each window carries the naive, seasonal-naive and linear-AR forecasts (the
+  AR fitted on training windows only) in original units, beside the truth.
 * a text (`data.text.level` char | word): a vocabulary from the train split only (min count,
   size cap, PAD 0, OOV 1), then either classification examples padded or truncated to
   `max_length` with their real "length", or (`lm_length` > 0) next-token windows over each

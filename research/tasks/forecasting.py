@@ -62,14 +62,13 @@ class RegressionTask(SequenceInputs):
         pred = self.predictions(outputs, batch)
         sums = {"loss": jnp.sum(jnp.mean((pred - batch["targets"]) ** 2, (1, 2)) * mask[:, 0, 0])}
         truth = batch.get("truth", batch["targets"])
-        sums.update(_error_sums("", original_units(pred, batch, log=self.log_levels) - truth, mask))
+        error = original_units(pred, batch, log=self.log_levels) - truth
+        sums.update(_error_sums("", error, mask))
         for name in BASELINES:
             if name in batch:
                 sums.update(_error_sums(f"{name}_", batch[name] - truth, mask))
         defined = (jnp.abs(truth) > _MAPE_FLOOR) * mask
-        ape = jnp.abs(original_units(pred, batch, log=self.log_levels) - truth) / jnp.maximum(
-            jnp.abs(truth), 1e-8
-        )
+        ape = jnp.abs(error) / jnp.maximum(jnp.abs(truth), 1e-8)
         sums["ape"] = jnp.sum(ape * defined)
         sums["ape_count"] = jnp.sum(defined)
         sums["count"] = jnp.sum(mask) * self.model_outputs
