@@ -146,6 +146,49 @@ def test_default_gradcam_layer_is_the_last_stage():
     assert artifacts.gradcam_layer({"layer1": {}, "head": {}}, None) is None
 
 
+def test_gradcam_figure_shows_each_8x8_image_and_its_overlay_at_display_resolution():
+    head = np.asarray(HEAD, np.float32)
+    variables = {
+        "params": {"stage1": {"scale": SCALE}, "head": {"kernel": head, "bias": np.zeros(4)}}
+    }
+    images = _images()
+    cam = artifacts.grad_cam(_Probe(), variables, images, "stage1")
+    fig = artifacts.gradcam_figure(images, cam, np.array([1, 1]), layer="stage1")
+    panels = [ax.get_images()[0].get_array() for ax in fig.axes if ax.get_images()]
+    assert [p.shape for p in panels] == [(128, 128), (128, 128, 3)] * 2  # not 8x8
+    # The input is enlarged 16x nearest-neighbour: every 16x16 block is one original pixel.
+    shown = np.asarray(panels[0])
+    blocks = shown.reshape(8, 16, 8, 16).transpose(0, 2, 1, 3).reshape(8, 8, -1)
+    assert np.ptp(blocks, axis=-1).max() == 0
+    np.testing.assert_allclose(blocks[..., 0], artifacts._displayable(images[0]), atol=1e-6)
+    assert "stage1's 4x4 feature map" in fig.get_suptitle()
+
+
+@pytest.mark.parametrize(("coarse_shape", "shape"), [((4, 4), (128, 128)), ((2, 3), (64, 96))])
+def test_upsampled_gradcam_map_keeps_the_coarse_mean_and_peak_location(coarse_shape, shape):
+    coarse = np.random.default_rng(1).uniform(0.0, 1.0, coarse_shape).astype(np.float32)
+    coarse[1, 1] = 2.0  # a clear peak (an edge cell near the peak's value could win after blending)
+    heat = artifacts.upsample_map(coarse, shape)
+    assert heat.shape == shape and 0.9 < heat.max() <= 1.0 + 1e-6
+    # Bilinear upsampling by an integer factor (clamped at the edges) preserves the mean.
+    assert heat.mean() == pytest.approx(coarse.mean() / coarse.max(), rel=1e-5)
+    factor = shape[0] // coarse_shape[0]
+    row, col = np.unravel_index(np.argmax(heat), shape)
+    assert (row // factor, col // factor) == np.unravel_index(np.argmax(coarse), coarse_shape)
+    assert not artifacts.upsample_map(np.zeros(coarse_shape), shape).any()
+
+
+def test_gradcam_overlay_enlarges_small_images_only():
+    coarse = np.array([[0.0, 1.0], [0.0, 0.0]])
+    shown, overlay = artifacts.gradcam_overlay(np.zeros((8, 8, 1)), coarse)
+    assert shown.shape == (128, 128) and overlay.shape == (128, 128, 3)
+    assert overlay.min() >= 0.0 and overlay.max() <= 1.0
+    # The hot quadrant (top right) is red-tinted, the cold one (bottom left) blue-tinted.
+    assert overlay[10, 118, 0] > overlay[10, 118, 2] and overlay[118, 10, 2] > overlay[118, 10, 0]
+    shown, overlay = artifacts.gradcam_overlay(np.zeros((200, 160, 3)), coarse)
+    assert shown.shape == (200, 160, 3) and overlay.shape == (200, 160, 3)
+
+
 # -- a tiny run end to end --------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure  # no pyplot: no global backend or figure r
 
 from research import config as config_lib
 from research import tracking
+from research.analysis import plots
 from research.errors import WorkdirError
 
 CONFIG_FILE = "config.json"
@@ -184,7 +185,8 @@ def curve_metrics(runs: Sequence[Run], wanted: Sequence[str] = DEFAULT_CURVES) -
 def plot_curves(
     groups: Mapping[tuple, Sequence[Run]], keys: Sequence[str], metric: str, path: Path
 ) -> Path | None:
-    """One line per group: the seed-mean of `metric` against the step. None if nothing logged."""
+    """One line per group: the seed-mean of `metric` against the step, a loss on a log axis
+    (`plots.set_metric_yscale`). None if nothing logged."""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     drawn = 0
@@ -197,6 +199,7 @@ def plot_curves(
             drawn += 1
     if not drawn:
         return None
+    plots.set_metric_yscale(ax, metric, (y for line in ax.get_lines() for y in line.get_ydata()))
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric}, mean over seeds")
@@ -262,7 +265,8 @@ def plot_convergence(
     groups: Mapping[tuple, Sequence[Run]], keys: Sequence[str], metric: str, path: Path
 ) -> Path | None:
     """`metric` of every run against the step (left) and the wall time (right), one line per run,
-    one colour per group (its values of `keys`). None if no run logged the metric."""
+    one colour per group (its values of `keys`); a loss on a log axis (`plots.set_metric_yscale`).
+    None if no run logged the metric."""
     fig = Figure(figsize=(11, 4))
     by_step, by_time = fig.subplots(1, 2)
     drawn = 0
@@ -279,7 +283,9 @@ def plot_convergence(
             label, drawn = None, drawn + 1  # one legend entry per group
     if not drawn:
         return None
+    plotted = [y for line in by_step.get_lines() for y in line.get_ydata()]
     for ax, xlabel in ((by_step, "step"), (by_time, "wall time of training (s)")):
+        plots.set_metric_yscale(ax, metric, plotted)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(metric)
     by_step.set_title(f"{metric} against the step")

@@ -3,18 +3,77 @@
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
 
 from research.optim import layer_decay
 
 SPLIT_COLORS = {"train": "C0", "eval": "C1", "test": "C2"}  # the same colour in every panel
+# Metric names (the part after the split; `naive_mse`, `distill_kl` match by their last word)
+# that are losses or errors: they fall over decades, so a linear axis shows them flat after the
+# first few hundred steps. Accuracy-like metrics, bounded in [0, 1], stay on a linear axis.
+LOSS_LIKE = (
+    "loss",
+    "ce",
+    "bce",
+    "mse",
+    "rmse",
+    "mae",
+    "mape",
+    "reconstruction",
+    "kl",
+    "penalty",
+    "sparsity",
+    "perplexity",
+    "bits_per_token",
+)
+
+
+def is_loss_like(metric: str) -> bool:
+    """Whether `metric` (`eval/loss`, `mse`, `train/distill_kl`) is a loss or an error."""
+    name = metric.rpartition("/")[2]
+    return any(name == word or name.endswith(f"_{word}") for word in LOSS_LIKE)
+
+
+def set_metric_yscale(ax: Any, metric: str, values: Iterable[float]) -> str:
+    """Log y axis for a loss-like `metric` whose finite `values` are all positive, else linear;
+    returns the scale set.
+
+    A log axis cannot show a value <= 0, and some losses are legitimately negative (a VAE's
+    -ELBO under a Gaussian likelihood, a negative log-likelihood of densities), so such a curve
+    falls back to linear rather than losing points. Non-finite values (a diverged run) are
+    dropped by matplotlib on either scale, so they do not decide it.
+    """
+    values = np.asarray(list(values), np.float64)
+    finite = values[np.isfinite(values)]
+    scale = "log" if is_loss_like(metric) and finite.size and (finite > 0).all() else "linear"
+    ax.set_yscale(scale)
+    if scale == "log":
+        ax.yaxis.set_major_formatter(_PlainLogFormatter())
+        ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
+    return scale
+
+
+class _PlainLogFormatter(matplotlib.ticker.LogFormatterSciNotation):
+    """Log-axis tick labels as plain numbers (0.03, 24.5): matplotlib picks which ticks to label,
+    but its own labels on a curve spanning less than a decade read 2.45 x 10^1."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:.3g}" if super().__call__(x, pos) else ""
 
 
 def learning_curves(rows: Iterable[Mapping[str, float]], path: Path) -> Path:
-    """One panel per metric name (loss, accuracy, ...), one line per split, against the step."""
+    """Learning curves (see `learning_curves_figure`) saved as a PNG at `path`."""
+    return _save(learning_curves_figure(rows), path)
+
+
+def learning_curves_figure(rows: Iterable[Mapping[str, float]]) -> Figure:
+    """One panel per metric name (loss, accuracy, ...), one line per split, against the step;
+    losses and errors on a log axis when positive (`set_metric_yscale`)."""
     series: dict[str, dict[str, tuple[list, list]]] = defaultdict(dict)
     for row in rows:
         for key, value in row.items():
@@ -36,12 +95,13 @@ def learning_curves(rows: Iterable[Mapping[str, float]], path: Path) -> Path:
         for split, (xs, ys) in sorted(series[name].items()):
             marker = "o" if len(xs) < 20 else None
             ax.plot(xs, ys, marker=marker, label=split, color=SPLIT_COLORS.get(split))
+        set_metric_yscale(ax, name, (y for _, ys in series[name].values() for y in ys))
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.legend()
     for ax in axes.flat[len(names) :]:
         ax.axis("off")
-    return _save(fig, path)
+    return fig
 
 
 def gradient_norms(rows: Iterable[Mapping[str, float]], path: Path) -> Path | None:

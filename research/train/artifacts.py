@@ -1,6 +1,7 @@
 """What an image classifier's run leaves behind besides its metrics: per-class precision, recall
 and F1 of the test pass, a 2-D embedding (PCA and t-SNE) of its pre-logit features, Grad-CAM
-heatmaps of a few test images, and eval accuracy against the step and the wall time.
+heatmaps of a few test images (each image beside its overlay, both enlarged to about
+`DISPLAY_SIZE` pixels), and eval accuracy against the step and the wall time.
 
 Grad-CAM needs no change to model code: while the model runs, `flax.linen.intercept_methods`
 adds a zero perturbation to the output of the target top-level module, and the gradient of the
@@ -35,6 +36,10 @@ from research.train.state import eval_params, model_variables
 
 PER_CLASS_FIELDS = ("class", "precision", "recall", "f1", "support")
 STAGE = re.compile(r"stage(\d+)")  # the models' top-level stages: stage1, stage2, ...
+# Grad-CAM panels are drawn about this many pixels a side: an 8x8 digit shown at its own
+# resolution (or smoothed by matplotlib) is an unreadable wash of colour.
+DISPLAY_SIZE = 128
+HEAT_CMAP, HEAT_OPACITY = "jet", 0.5  # the usual Grad-CAM colours, half see-through
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,23 +331,87 @@ def _feature_shape(model: nn.Module, variables: Any, images: Any, layer: str) ->
 
 
 def plot_gradcam(
-    images: np.ndarray, cam: GradCam, labels: np.ndarray, path: Path, columns: int = 8
+    images: np.ndarray,
+    cam: GradCam,
+    labels: np.ndarray,
+    path: Path,
+    *,
+    layer: str | None = None,
+    columns: int = 4,
 ) -> Path:
-    """Each image with its Grad-CAM heatmap on top, titled with the true and predicted class."""
+    """The Grad-CAM figure (see `gradcam_figure`) saved as a PNG at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gradcam_figure(images, cam, labels, layer=layer, columns=columns).savefig(path, dpi=100)
+    return path
+
+
+def gradcam_figure(
+    images: np.ndarray,
+    cam: GradCam,
+    labels: np.ndarray,
+    *,
+    layer: str | None = None,
+    columns: int = 4,
+    size: int = DISPLAY_SIZE,
+) -> Figure:
+    """For each image, two panels: the image enlarged for display (titled with the true and
+    predicted class) and its Grad-CAM overlay (`gradcam_overlay`); `columns` images a row."""
     n = images.shape[0]
     cols = min(columns, n)
     rows = -(-n // cols)
-    fig = Figure(figsize=(1.8 * cols, 2.0 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
+    # Constrained layout makes room for the colour bar; tight_layout cannot place one.
+    fig = Figure(figsize=(3.4 * cols + 0.8, 1.9 * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, 2 * cols, squeeze=False)
+    for ax in axes.flat:
         ax.axis("off")
-        if i >= n:
-            continue
-        image = _displayable(images[i])
-        ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
-        ax.imshow(cam.maps[i], cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
-        ax.set_title(f"true {labels[i]} / pred {cam.predicted[i]}", fontsize=8)
-    return _save(fig, path)
+    for i in range(n):
+        shown, overlay = gradcam_overlay(images[i], cam.coarse[i], size)
+        left, right = axes[i // cols, 2 * (i % cols)], axes[i // cols, 2 * (i % cols) + 1]
+        left.imshow(shown, cmap="gray" if shown.ndim == 2 else None, interpolation="nearest")
+        left.set_title(f"true {labels[i]} / pred {cam.predicted[i]}", fontsize=8)
+        right.imshow(overlay, interpolation="nearest")
+        # An all-zero map (no location raised the class score) would read as "cold everywhere".
+        right.set_title("Grad-CAM" if cam.coarse[i].max() > 0 else "Grad-CAM: 0", fontsize=8)
+    bar = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0.0, 1.0), HEAT_CMAP)
+    fig.colorbar(bar, ax=axes, shrink=0.8, label="fraction of the map's peak")
+    h, w = cam.coarse.shape[1:]
+    source = f"{layer}'s" if layer else "the layer's"
+    fig.suptitle(
+        f"Grad-CAM of the predicted class from {source} {h}x{w} feature map, "
+        "upsampled bilinearly to the image",
+        fontsize=9,
+    )
+    return fig
+
+
+def gradcam_overlay(
+    image: np.ndarray, coarse: np.ndarray, size: int = DISPLAY_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
+    """`image` (H, W, C) enlarged for display, and the Grad-CAM overlay at the same resolution.
+
+    The image is enlarged by the integer factor that brings its longer side nearest to `size`
+    (never shrunk), nearest-neighbour, so its pixels stay sharp squares. The coarse map (h, w)
+    is upsampled bilinearly straight to that resolution, scaled to [0, 1] by its peak, coloured
+    and blended over the grayscale image. Returns (image: 2-D or RGB, overlay: RGB) in [0, 1].
+    """
+    image = _displayable(image)
+    factor = max(1, round(size / max(image.shape[:2])))
+    shown = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+    gray = shown if shown.ndim == 2 else shown @ np.array([0.299, 0.587, 0.114])  # luma
+    heat = upsample_map(coarse, gray.shape)
+    colour = matplotlib.colormaps[HEAT_CMAP](heat)[..., :3]
+    overlay = (1.0 - HEAT_OPACITY) * gray[..., None] + HEAT_OPACITY * colour
+    return shown, np.clip(overlay, 0.0, 1.0)  # colormap floats can exceed 1 by an ulp
+
+
+def upsample_map(coarse: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A (h, w) map resized bilinearly to `shape`, as a fraction of the coarse map's peak (all
+    zeros when the map is). Upsampling by an integer factor keeps the map's mean; every value
+    is a blend of neighbouring cells, so none exceeds 1."""
+    coarse = np.asarray(coarse, np.float32)
+    fine = np.asarray(jax.image.resize(jnp.asarray(coarse), shape, "bilinear"))
+    peak = coarse.max()
+    return fine / peak if peak > 0 else np.zeros_like(fine)
 
 
 def _displayable(image: np.ndarray) -> np.ndarray:
@@ -359,9 +428,8 @@ def _gradcam_figure(run: Run, variables: dict, examples: dict, directory: Path) 
     if not n or layer is None:
         return None
     cam = grad_cam(run.model, variables, examples["inputs"][:n], layer)
-    return plot_gradcam(
-        examples["inputs"][:n], cam, examples["label"][:n], directory / "test_gradcam.png"
-    )
+    path = directory / "test_gradcam.png"
+    return plot_gradcam(examples["inputs"][:n], cam, examples["label"][:n], path, layer=layer)
 
 
 def _top_level_modules(table: Sequence[dict]) -> list[str]:
