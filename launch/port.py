@@ -6,7 +6,7 @@ writes DIR/checkpoints/ (step 0: params and batch_stats; use `init_from=DIR`) an
 (source, arch, the model's registry name and options, input preprocessing, the file's SHA-256,
 versions, time). Rerunning the same port is a no-op. Exit codes: 0 done; 2 user error (unknown
 source/arch, missing or unfitting weights file, DIR holding something else; one line on stderr,
-nothing written).
+nothing written). `--help` lists the flags.
 """
 
 import sys
@@ -20,6 +20,16 @@ flags.DEFINE_string("source", None, "Where the weights come from: keras | torchv
 flags.DEFINE_string("arch", None, "Architecture, e.g. resnet50, vgg16_bn, mobilenet_v2.")
 flags.DEFINE_string("weights", None, "The weights file (.pth/.pt/.safetensors, or Keras .h5).")
 flags.DEFINE_string("output", None, "Directory for checkpoints/ and port.json.")
+
+
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
+
+
+def _usage() -> str:
+    """The module docstring and this script's flags (absl registers them under sys.argv[0] when
+    the file runs as a script), for --help."""
+    module = sys.argv[0] if __name__ == "__main__" else sys.modules[__name__]
+    return f"{__doc__.strip()}\n\nflags:\n{FLAGS.module_help(module)}"
 
 
 def _parse(argv: list[str]) -> None:
@@ -37,6 +47,9 @@ def _parse(argv: list[str]) -> None:
 
 def main(argv: list[str]) -> int:
     """Parse, port, print a one-line summary; returns the process exit code."""
+    if any(a in HELP_FLAGS for a in argv[1:]):
+        print(_usage())
+        return EXIT_OK
     try:
         _parse(argv)
         logging.set_verbosity(logging.ERROR)  # Orbax bookkeeping would bury the summary line

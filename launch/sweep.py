@@ -10,9 +10,10 @@ submitit (`pip install -e '.[cluster]'`); `tpu` runs each run on every worker of
 `gcloud compute tpus tpu-vm ssh`. `--dry-run` prints what would run and writes nothing.
 
 Exit codes: 0 every run finished (or was submitted); 2 user error; 75 some runs were preempted
-(rerun the same command to resume them); 1 some runs failed.
+(rerun the same command to resume them); 1 some runs failed. `--help` lists every flag.
 """
 
+import contextlib
 import copy
 import pathlib
 import shlex
@@ -24,17 +25,19 @@ from research import backends
 from research import config as config_lib
 from research import search as search_lib
 from research import sweep as sweep_lib
-from research.errors import EXIT_OK, EXIT_PREEMPTED, UserError
+from research.errors import EXIT_OK, EXIT_PREEMPTED, ConfigError, UserError, WorkdirError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Config file with a get_sweep(arg): `path.py[:arg]`.")
 flags.DEFINE_string("workdir", None, "Sweep directory; each run goes to DIR/<run name>.")
 flags.DEFINE_enum("backend", "local", ["local", "slurm", "tpu"], "Where the runs execute.")
-flags.DEFINE_integer("parallel", 1, "Runs at a time (local processes / SLURM array slots).")
+flags.DEFINE_integer(
+    "parallel", 1, "Runs at a time (local processes / SLURM array slots).", lower_bound=1
+)
 flags.DEFINE_bool("dry_run", False, "Print the plan and the commands; run and write nothing.")
 flags.DEFINE_list("devices", [], "local: GPU ids (e.g. 0,1,2,3); one run per GPU at a time.")
 flags.DEFINE_enum("search", "grid", ["grid", "optuna"], "grid: get_sweep(); optuna: Bayesian.")
-flags.DEFINE_integer("trials", 20, "optuna: finished trials to reach.")
+flags.DEFINE_integer("trials", 20, "optuna: finished trials to reach.", lower_bound=1)
 flags.DEFINE_string("objective", "eval/accuracy", "optuna: the summary.json key to optimise.")
 flags.DEFINE_enum("direction", "maximize", ["maximize", "minimize"], "optuna: direction.")
 flags.DEFINE_integer("study_seed", 0, "optuna: seed of the TPE sampler.")
@@ -47,6 +50,16 @@ flags.DEFINE_integer("timeout_min", 240, "slurm: time limit per run, in minutes.
 flags.DEFINE_string("tpu_name", None, "tpu: name of the TPU VM (or pod slice).")
 flags.DEFINE_string("zone", None, "tpu: its zone, e.g. us-central2-b.")
 flags.DEFINE_string("remote_repo", "~/research", "tpu: the checkout of this repo on the workers.")
+
+
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
+
+
+def _usage() -> str:
+    """The module docstring and this script's flags (absl registers them under sys.argv[0] when
+    the file runs as a script), for --help."""
+    module = sys.argv[0] if __name__ == "__main__" else sys.modules[__name__]
+    return f"{__doc__.strip()}\n\nflags:\n{FLAGS.module_help(module)}"
 
 
 def _parse(argv: list[str]) -> None:
@@ -71,8 +84,23 @@ def _load(workdir: str) -> tuple:
     base = config_lib.load_config_file(path, arg)
     runs = sweep_lib.plan(workdir, sweep_lib.load_sweep(path, arg))
     for run in runs:
-        config_lib.apply_overrides(copy.deepcopy(base), run.overrides)
+        try:
+            config_lib.apply_overrides(copy.deepcopy(base), run.overrides)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: get_sweep() run {run.name}: {e}; fix get_sweep") from None
     return base, runs
+
+
+@contextlib.contextmanager
+def _writing(workdir: pathlib.Path):
+    """A sweep directory that cannot be created or written is a user error, not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        raise WorkdirError(
+            f"--workdir={workdir}: cannot write there ({e.strerror}); choose a directory you "
+            "can write to"
+        ) from None
 
 
 def _commands(base, runs: list, sweep_name: str) -> list[tuple]:
@@ -170,6 +198,8 @@ def _optuna(sweep_name: str, workdir: pathlib.Path) -> int:
     path, arg = sweep_lib.parse_config_flag(FLAGS.config)
     base = config_lib.load_config_file(path, arg)
     space = search_lib.load_search_space(path, arg)
+    with _writing(workdir):
+        workdir.mkdir(parents=True, exist_ok=True)
 
     def launch(run) -> str:
         config_lib.apply_overrides(copy.deepcopy(base), run.overrides)  # typos fail here
@@ -193,6 +223,9 @@ def _optuna(sweep_name: str, workdir: pathlib.Path) -> int:
 
 def main(argv: list[str]) -> int:
     """Plan the sweep, write its manifest, launch the unfinished runs, print their statuses."""
+    if any(a in HELP_FLAGS for a in argv[1:]):
+        print(_usage())
+        return EXIT_OK
     try:
         _parse(argv)
         if FLAGS.search == "optuna":
@@ -208,7 +241,8 @@ def main(argv: list[str]) -> int:
             manifest = sweep_lib.build_sweep_manifest(
                 argv=argv, config=FLAGS.config, base=base, runs=runs
             )
-            sweep_lib.write_sweep_manifest(workdir, manifest)
+            with _writing(workdir):
+                sweep_lib.write_sweep_manifest(workdir, manifest)
         statuses = _dispatch(commands, sweep_name, workdir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

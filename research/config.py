@@ -8,9 +8,13 @@ downstream only ever reads `*_steps`.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import importlib.util
 import json
 import math
+import re
+import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,24 +32,93 @@ from research.errors import ConfigError
 
 
 def config_function(path: str | Path, name: str, hint: str = "") -> Any:
-    """The function `name` (get_config, get_sweep, get_search_space) of a config file."""
+    """The function `name` (get_config, get_sweep, get_search_space) of a config file.
+
+    A missing file, a syntax error or a failing import is a ConfigError naming the file (and
+    line), not a traceback.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}{_nearest_file(path)}")
     spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"{e.filename}:{e.lineno}: syntax error: {e.msg}") from None
+    except Exception as e:  # noqa: BLE001  (any failure of the user's file is theirs to fix)
+        raise ConfigError(describe_config_failure(path, e)) from None
     if not hasattr(module, name):
         raise ConfigError(f"{path} defines no {name}(arg=None){hint}")
-    return getattr(module, name)
+    function = getattr(module, name)
+
+    @functools.wraps(function)
+    def checked(*args: Any) -> Any:
+        try:
+            return function(*args)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(describe_config_failure(path, e)) from None
+
+    return checked
 
 
 def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
-    """Import a config file and call its `get_config(arg)`; the result is locked."""
+    """Import a config file and call its `get_config(arg)`; the result is locked.
+
+    `base_config()` is locked, so a misspelled key inside the file fails at its line.
+    """
     get_config = config_function(path, "get_config")
     config = get_config(arg) if arg is not None else get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"{path}: get_config returned {type(config).__name__}, not a ConfigDict")
     config.lock()
     return config
+
+
+def describe_config_failure(path: Path, error: BaseException) -> str:
+    """One line for an exception raised while a config file ran: `file:line: what`.
+
+    A key that a locked config does not have (a typo) is named with its dotted path as written
+    on that line, and with ml_collections' suggestion of the nearest existing key.
+    """
+    frames = traceback.extract_tb(error.__traceback__)
+    mine = [f for f in frames if Path(f.filename).resolve() == path.resolve()]
+    where = f"{path}:{mine[-1].lineno}" if mine else str(path)
+    text = _message(error)
+    unknown = re.search(r'Key "(\w+)" does not exist|^\W*\'(\w+)\'', text)
+    if isinstance(error, AttributeError | KeyError) and unknown:
+        key = unknown.group(1) or unknown.group(2)
+        written = re.search(rf"[\w.]*\b{key}\b", mine[-1].line or "") if mine else None
+        dotted = written.group(0).split(".", 1)[-1] if written else key
+        near = re.search(r'Did you mean "(\w+)"', text)
+        parent = dotted[: -len(key)]  # "optimizer." of "optimizer.learning_rat"
+        hint = f" (did you mean '{parent}{near.group(1)}'?)" if near else ""
+        return f"{where}: unknown config key '{dotted}'{hint}"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{where}: {type(error).__name__}: {first}"
+
+
+def _message(error: BaseException) -> str:
+    """An exception's own text; ml_collections wraps a KeyError (whose str() is quoted) in an
+    AttributeError."""
+    while isinstance(error, AttributeError | KeyError) and error.args:
+        inner = error.args[0]
+        if not isinstance(inner, BaseException):
+            return str(inner)
+        error = inner
+    return str(error)
+
+
+def _nearest_file(path: Path) -> str:
+    """`; did you mean X?` for a near miss among the config files beside `path`."""
+    folder = path.parent if path.parent.is_dir() else None
+    if folder is None:
+        return ""
+    names = [p.name for p in folder.iterdir() if p.suffix == ".py"]
+    close = difflib.get_close_matches(path.name, names, n=1)
+    return f"; did you mean {folder / close[0]}?" if close else ""
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
@@ -134,6 +207,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"'{key}' must be >= 0, got {value}")
     _check_best_checkpoint(config)
     _check_monitoring(config)
+    _check_divergence(config.divergence)
+
+
+def _check_divergence(divergence: ml_collections.ConfigDict) -> None:
+    """A factor at or below 1 would stop runs whose loss merely fluctuates."""
+    if divergence.loss_factor and divergence.loss_factor <= 1:
+        raise ConfigError(
+            f"'divergence.loss_factor' must be above 1 (or 0 to check only for NaN/inf), got "
+            f"{divergence.loss_factor}"
+        )
+    if divergence.patience < 1:
+        raise ConfigError(f"'divergence.patience' must be >= 1, got {divergence.patience}")
 
 
 def _check_monitoring(config: ml_collections.ConfigDict) -> None:

@@ -24,11 +24,19 @@ TRANSFER_STRATEGIES = (
 )
 # Keys that say how a run executes, not what it computes: a workdir may be resumed with other
 # values (e.g. a run preempted on 8 devices continues on 1).
-RUNTIME_KEYS = ("parallel", "tracking", "data.data_dir", "data.in_memory", "checkpoint.async_save")
+# `divergence` only decides when a broken run is stopped, so it is one of them too.
+RUNTIME_KEYS = (
+    "parallel",
+    "tracking",
+    "divergence",
+    "data.data_dir",
+    "data.in_memory",
+    "checkpoint.async_save",
+)
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Every key shared by all experiments, with defaults; config files start from this."""
+    """Every key shared by all experiments, with defaults (locked); config files start here."""
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.batch_size = 128  # global, over all devices and hosts
@@ -79,6 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.early_stopping = ml_collections.ConfigDict(
         {"patience": config_dict.placeholder(int), "min_delta": 0.0}
     )
+    # Stop with exit 3 when the training loss is non-finite, or finite but above loss_factor x
+    # its value at the first step for `patience` consecutive log steps (0: non-finite only).
+    c.divergence = ml_collections.ConfigDict({"loss_factor": 10.0, "patience": 3})
     c.transfer = _transfer_defaults()
     c.evaluation = _evaluation_defaults()
     c.checkpoint = _checkpoint_defaults()
@@ -90,6 +101,10 @@ def base_config() -> ml_collections.ConfigDict:
         }
     )
     c.tracking = _tracking_defaults()
+    # Locked, so a misspelled key in a config file fails where it is written instead of adding
+    # a key nothing reads. `model` and `task` may be replaced whole: their keys are checked
+    # against the model's and task's options when they are built.
+    c.lock()
     return c
 
 

@@ -130,10 +130,13 @@ class Tracker:
         self.is_main = is_main
         self._file = None
         self._run = None
+        self._found_metrics = False
         mode = resolve_wandb_mode(wandb_mode)
         if not is_main:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # Opening creates the file: remember whether an earlier run left one (truncate_after).
+        self._found_metrics = self.metrics_path.exists()
         self._open_metrics()
         if mode != "disabled":
             # The manifest rides along in the run config, so W&B alone can tell what produced it.
@@ -163,8 +166,10 @@ class Tracker:
                 os.truncate(path, complete)
         self._file = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
 
-    def truncate_after(self, step: int) -> None:
-        """On resume: drops records with a step after `step` (and any torn line), atomically."""
+    def truncate_after(self, step: int, first_logged: int = 1) -> None:
+        """On resume: drops records with a step after `step` (and any torn line), atomically.
+        Warns on stderr when the history before `step` is gone (metrics.jsonl deleted), if a
+        row was due by then (the first log step is `first_logged`)."""
         if not self.is_main:
             return
         path = self.metrics_path
@@ -173,10 +178,23 @@ class Tracker:
         records = (
             [r for r in _parse_lines(path)[0] if int(r["step"]) <= step] if path.exists() else []
         )
+        if step >= max(first_logged, 1) and not records:
+            self._warn_lost_history(step)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
         os.replace(tmp, path)
         self._open_metrics()
+
+    def _warn_lost_history(self, step: int) -> None:
+        """One stderr line: the resumed run's JSONL lacks steps 1..`step` and cannot get them back
+        (the checkpoint holds the state, not the logged metrics)."""
+        state = f"holds no rows up to step {step}" if self._found_metrics else "is missing"
+        print(
+            f"warning: {self.metrics_path} {state}; the metrics of steps 1..{step} are gone "
+            f"(training resumes from step {step})",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Appends `{"step": step, **metrics}` as one JSON line (flushed) and mirrors it to W&B."""

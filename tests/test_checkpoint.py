@@ -1,7 +1,10 @@
 """Checkpointer: exact round-trips of a TrainState-like tree, retention, resharding, atomicity."""
 
+import json
 import os
+import re
 import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +14,7 @@ import pytest
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
-from research.checkpoint import Checkpointer, load_state
+from research.checkpoint import CheckpointDamagedError, Checkpointer, load_state
 from research.errors import ConfigError, WorkdirError
 
 
@@ -272,3 +275,134 @@ def test_invalid_options_are_config_errors(tmp_path):
         Checkpointer(tmp_path, best_mode="biggest")
     with pytest.raises(ConfigError, match="keep"):
         Checkpointer(tmp_path, keep=0)
+
+
+def _with_random_bits(seed: int) -> _State:
+    """`_make_state` plus 16 KiB of random bits: stored out of line in an OCDBT data file and
+    incompressible, so zstd keeps it raw and zeroed bytes read back silently as other values."""
+    bits = jax.random.bits(jax.random.PRNGKey(seed), (64, 64))
+    return _make_state(seed).replace(extras={"ema": {"w": bits}})
+
+
+def _array_files(directory: Path, step: int) -> list[Path]:
+    """The OCDBT files of a step's state that hold the array bytes: `state/ocdbt.process_<i>/d/*`
+    as each process wrote them, and `state/d/*` where orbax's merge copied them into the root
+    database (which one is read varies). Arrays over 1 KiB are stored out of line as zstd-framed
+    zarr chunks; small B-tree nodes without inlined values are left out by the size."""
+    files = (directory / str(step) / "state").rglob("*")
+    return [p for p in files if p.parent.name == "d" and p.stat().st_size > 4096]
+
+
+def _zero_100_bytes(directory: Path, step: int) -> None:
+    """Before CRCs, this restored without error, with other numbers in `extras/ema/w`."""
+    for path in _array_files(directory, step):
+        with path.open("r+b") as f:
+            f.seek(path.stat().st_size // 2)
+            f.write(bytes(100))
+
+
+def _overwrite_with_random_bytes(directory: Path, step: int) -> None:
+    """Before, a bare `Exception` from Orbax with a TensorStore spec dump."""
+    for path in _array_files(directory, step):
+        path.write_bytes(np.random.default_rng(0).bytes(path.stat().st_size))
+
+
+def _save_steps(directory: Path, steps) -> Checkpointer:
+    ckpt = Checkpointer(directory, keep=3)
+    for step in steps:
+        ckpt.save(step, _with_random_bits(step), data_state={"index": step})
+    ckpt.wait()
+    return ckpt
+
+
+# What Orbax's abandoned reads raise after a failed one is filtered, never printed.
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (_zero_100_bytes, "values of extras/ema/w differ from those saved"),  # found by the CRCs
+        (_overwrite_with_random_bytes, ""),  # TensorStore's words for the unreadable file
+    ],
+)
+def test_damaged_latest_step_falls_back_to_the_previous_one(tmp_path, capsys, damage, reason):
+    ckpt = _save_steps(tmp_path, (1, 2, 3))
+    damage(tmp_path, 3)
+    abstract = _abstract(_with_random_bits(0), _single_device)
+    damaged = f"step 3 in {re.escape(str(tmp_path))} is damaged \\(.*{re.escape(reason)}"
+    with pytest.raises(CheckpointDamagedError, match=damaged):
+        ckpt.restore(abstract, 3)
+    with pytest.raises(WorkdirError, match="step 3 .* is damaged"):  # init_from checks too
+        load_state(tmp_path, abstract)
+
+    step, state, data_state, meta = ckpt.restore_latest_intact(abstract)
+    assert (step, data_state, meta["step"]) == (2, {"index": 2}, 2)
+    _assert_trees_equal(state, _with_random_bits(2))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"warning: checkpoint step 3 in {tmp_path} is damaged (")
+    assert err.endswith(f"moved it to {tmp_path / '3.damaged'}; resuming from step 2\n")
+    # Moved aside, not deleted; out of the way of the run saving step 3 again.
+    assert ckpt.all_steps() == [1, 2]
+    ckpt.save(3, _with_random_bits(4))
+    ckpt.close()
+    with Checkpointer(tmp_path) as reopened:
+        assert reopened.all_steps() == [1, 2, 3]
+        _assert_trees_equal(reopened.restore(abstract)[0], _with_random_bits(4))
+    assert sorted(os.listdir(tmp_path)) == ["1", "2", "3", "3.damaged"]
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_every_checkpoint_damaged_is_a_workdir_error_that_moves_nothing(tmp_path, capsys):
+    ckpt = _save_steps(tmp_path, (1, 2))
+    _zero_100_bytes(tmp_path, 1)
+    _overwrite_with_random_bytes(tmp_path, 2)
+    abstract = _abstract(_with_random_bits(0), _single_device)
+    with pytest.raises(WorkdirError, match=f"no intact checkpoint in {re.escape(str(tmp_path))}:"):
+        ckpt.restore_latest_intact(abstract)
+    ckpt.close()
+    assert capsys.readouterr().err == ""
+    assert sorted(os.listdir(tmp_path)) == ["1", "2"]
+    empty = Checkpointer(tmp_path / "empty")
+    with pytest.raises(WorkdirError, match="no complete checkpoint"):
+        empty.restore_latest_intact(abstract)
+    empty.close()
+
+
+def test_checkpoint_without_crcs_still_restores(tmp_path):
+    ckpt = _save_steps(tmp_path, (1,))
+    ckpt.close()
+    # What a checkpoint written before CRCs were recorded holds in its `meta` item.
+    meta_file = tmp_path / "1" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    del meta["state_crc32"]
+    meta_file.write_text(json.dumps(meta))
+
+    with Checkpointer(tmp_path) as old:
+        step, state, data_state, _ = old.restore_latest_intact(
+            _abstract(_with_random_bits(0), _single_device)
+        )
+    assert (step, data_state) == (1, {"index": 1})
+    _assert_trees_equal(state, _with_random_bits(1))
+
+
+def test_unreadable_metrics_file_is_a_workdir_error(tmp_path):
+    ckpt = Checkpointer(tmp_path, best_metric="eval/accuracy")
+    ckpt.save(1, _make_state(), metrics={"eval/accuracy": 0.5})
+    ckpt.close()
+    (tmp_path / "1" / "metrics" / "metrics").write_text("")  # orbax reads it to rank the steps
+    with pytest.raises(WorkdirError, match=f"cannot read the checkpoints in {tmp_path}"):
+        Checkpointer(tmp_path, best_metric="eval/accuracy")
+
+
+def test_restoring_onto_another_dtype_is_not_damage(tmp_path):
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, _make_state())
+        ckpt.wait()
+        abstract = _abstract(_make_state(), _single_device)
+        kernel = abstract.params["dense"]["kernel"]
+        # Orbax casts to the target's dtype; the CRC of the saved float32 bytes cannot apply.
+        cast = jax.ShapeDtypeStruct(kernel.shape, jnp.bfloat16, sharding=kernel.sharding)
+        abstract.params["dense"]["kernel"] = cast
+        restored, _, _ = ckpt.restore(abstract)
+    want = _make_state().params["dense"]["kernel"].astype(jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(restored.params["dense"]["kernel"]), want)

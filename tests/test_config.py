@@ -78,3 +78,68 @@ def test_every_config_file_loads_and_documents_its_command(path):
     # Epoch-based cadences must agree after rounding to steps, whatever the dataset size.
     for examples in (1000, 1257):
         cfg.resolve(config, num_train_examples=examples)
+
+
+def _write(path: Path, body: str) -> Path:
+    path.write_text("from research.config import base_config\n\n\n" + body)
+    return path
+
+
+def test_a_misspelled_key_inside_a_config_file_names_file_line_and_nearest_key(tmp_path):
+    path = _write(
+        tmp_path / "typo.py",
+        "def get_config():\n    c = base_config()\n    c.optimizer.learning_rat = 1e-5\n"
+        "    return c\n",
+    )
+    with pytest.raises(ConfigError) as error:
+        cfg.load_config_file(path)
+    assert str(error.value) == (
+        f"{path}:6: unknown config key 'optimizer.learning_rat' "
+        "(did you mean 'optimizer.learning_rate'?)"
+    )
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("def get_config(:\n    pass\n", "{path}:4: syntax error"),
+        ("import no_such_module\n", "{path}:4: ModuleNotFoundError: No module named"),
+        (
+            "def get_config():\n    c = base_config()\n    c.total_steps = 'many'\n    return c\n",
+            "{path}:6: TypeError: Could not override field 'total_steps'",
+        ),
+        ("def get_config():\n    return None\n", "{path}: get_config returned NoneType"),
+        ("X = 1\n", "{path} defines no get_config"),
+    ],
+)
+def test_broken_config_files_are_one_line_config_errors(tmp_path, body, message):
+    path = _write(tmp_path / "broken.py", body)
+    with pytest.raises(ConfigError) as error:
+        cfg.load_config_file(path)
+    assert str(error.value).startswith(message.format(path=path)), str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_a_missing_config_file_suggests_the_nearest_one():
+    missing = Path(__file__).parents[1] / "configs" / "smok.py"
+    with pytest.raises(ConfigError, match=r"not found: .*configs/smok.py; did you mean .*smoke.py"):
+        cfg.load_config_file(missing)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"divergence.loss_factor": 0.5}, "'divergence.loss_factor' must be above 1"),
+        ({"divergence.patience": 0}, "'divergence.patience' must be >= 1"),
+    ],
+)
+def test_divergence_rule_values_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        cfg.resolve(_config(total_steps=5, **overrides), num_train_examples=10)
+
+
+def test_divergence_rule_is_a_runtime_key():
+    plain = cfg.to_json(cfg.resolve(_config(total_steps=5), num_train_examples=10))
+    looser = _config(total_steps=5, **{"divergence.loss_factor": 100.0})
+    resolved = cfg.resolve(looser, num_train_examples=10)
+    assert cfg.identity(plain) == cfg.identity(cfg.to_json(resolved))

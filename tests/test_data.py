@@ -71,6 +71,42 @@ def test_digits_build_is_deterministic(digits_dir, tmp_path):
             np.testing.assert_array_equal(first[key], second[key])
 
 
+def test_offline_builds_print_one_plain_line_not_the_tfds_banner(tmp_path, capfd):
+    data.dataset_info("digits", str(tmp_path))
+    out, err = capfd.readouterr()
+    line = f"preparing the bundled digits dataset (offline, once) in {tmp_path}/digits/1.0.0\n"
+    assert out == line
+    assert "Downloading and preparing" not in err and "downloaded and prepared" not in err
+    data.dataset_info("digits", str(tmp_path))  # prepared already: nothing at all
+    data.dataset_info("adding/t50", str(tmp_path))  # with a config, and generated
+    out, _ = capfd.readouterr()
+    where = tmp_path / "adding" / "t50" / "1.0.0"
+    assert out == f"preparing the generated adding/t50 dataset (offline, once) in {where}\n"
+
+
+class _PublicLike(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A builder that is not ours (like every public dataset's): two examples, no network."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self, features=tfds.features.FeaturesDict({"x": np.int64})
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        yield from ((i, {"x": i}) for i in range(2))
+
+
+def test_public_builders_keep_the_tfds_banner(tmp_path, capfd):
+    _PublicLike(data_dir=str(tmp_path)).download_and_prepare(file_format="array_record")
+    out, _ = capfd.readouterr()
+    assert "Downloading and preparing dataset" in out and "preparing the" not in out
+
+
 def test_concurrent_builders_tolerate_losing_the_rename(tmp_path, monkeypatch):
     # Several processes on one host may build digits at once; the one whose final rename finds
     # the data already there must still succeed.

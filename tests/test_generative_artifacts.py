@@ -345,5 +345,5 @@ def test_generative_configs_load_and_their_sweeps_apply(name, args, bad):
             for overrides in cfg.config_function(path, "get_sweep")(arg):
                 cfg.apply_overrides(config, overrides)
     if bad is not None:
-        with pytest.raises(ValueError, match="choose one of"):
+        with pytest.raises(ConfigError, match="choose one of"):
             cfg.load_config_file(path, bad)

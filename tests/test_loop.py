@@ -3,13 +3,12 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from train_cli import SMOKE, one_error_line, train
 
 from research import config as cfg
 from research.checkpoint import Checkpointer
@@ -18,25 +17,6 @@ from research.tracking import Tracker, read_metrics
 from research.train import loop
 from research.train.setup import build_run
 
-ROOT = Path(__file__).parents[1]
-SMOKE = ROOT / "configs" / "smoke.py"
-
-# Runs the CLI, but sends itself `signal` right after the metrics of `step` are logged: a
-# deterministic stand-in for a scheduler's SIGTERM or an OOM-killer's SIGKILL at that moment.
-KILLER = """
-import os, runpy, signal, sys
-from research.tracking import Tracker
-sig, at = getattr(signal, sys.argv[1]), int(sys.argv[2])
-log = Tracker.log
-def log_then_signal(self, step, metrics):
-    log(self, step, metrics)
-    if step == at and "train/loss" in metrics:
-        os.kill(os.getpid(), sig)
-Tracker.log = log_then_signal
-sys.argv = ["launch/train.py", *sys.argv[3:]]
-runpy.run_path("launch/train.py", run_name="__main__")
-"""
-
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> str:
@@ -44,14 +24,8 @@ def data_dir(tmp_path_factory) -> str:
 
 
 def _cli(workdir, data_dir, *overrides, signal_at=None, env=None):
-    args = [f"--config={SMOKE}", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}"]
-    args += [f"--config.{o}" for o in overrides]
-    if signal_at is None:
-        cmd = [sys.executable, "launch/train.py", *args]
-    else:
-        cmd = [sys.executable, "-c", KILLER, signal_at[0], str(signal_at[1]), *args]
-    env = {**os.environ, **(env or {})}
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    at = None if signal_at is None else (signal_at[0], "step", signal_at[1])
+    return train(workdir, data_dir, *overrides, signal_at=at, env=env)
 
 
 def _train_losses(workdir) -> dict[int, float]:
@@ -63,11 +37,24 @@ def _summary(workdir) -> dict:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, data_dir) -> Path:
+def uninterrupted_run(tmp_path_factory, data_dir) -> tuple[Path, str]:
     workdir = tmp_path_factory.mktemp("uninterrupted")
     result = _cli(workdir, data_dir)
     assert result.returncode == 0, result.stderr
-    return workdir
+    return workdir, result.stdout
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_run) -> Path:
+    return uninterrupted_run[0]
+
+
+def test_a_run_ends_with_one_closing_line(uninterrupted_run):
+    workdir, stdout = uninterrupted_run
+    summary = _summary(workdir)
+    last = stdout.strip().splitlines()[-1]
+    expected = f"test/accuracy={summary['test/accuracy']:.4g}, test/loss={summary['test/loss']:.4g}"
+    assert last.startswith("done in ") and last.endswith(f": {expected}; workdir {workdir}")
 
 
 def test_workdir_holds_the_contracted_files(uninterrupted):
@@ -92,10 +79,10 @@ def test_workdir_holds_the_contracted_files(uninterrupted):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,at", [("SIGTERM", 27), ("SIGKILL", 33)])
+@pytest.mark.parametrize("sig,at", [("SIGTERM", 27), ("SIGKILL", 33), ("SIGINT", 14)])
 def test_killed_and_resumed_equals_uninterrupted(tmp_path, data_dir, uninterrupted, sig, at):
     first = _cli(tmp_path, data_dir, signal_at=(sig, at))
-    if sig == "SIGTERM":
+    if sig != "SIGKILL":  # Ctrl-C saves and stops like a scheduler's SIGTERM
         assert first.returncode == EXIT_PREEMPTED, first.stderr
         assert "rerun to resume" in first.stderr
     else:
@@ -109,6 +96,37 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, data_dir, uninterrupt
         assert resumed[key] == reference[key], key
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["eval#3", "test#1"])
+def test_sigterm_during_the_final_passes_exits_75_and_a_rerun_finishes(
+    tmp_path, data_dir, uninterrupted, where
+):
+    # eval#3 is the final eval, before the last checkpoint is saved (the stop waits for it);
+    # test#1 comes after it has committed (the stop is immediate).
+    first = train(tmp_path, data_dir, signal_at=("SIGTERM", "evaluate", where))
+    assert first.returncode == EXIT_PREEMPTED, first.stderr
+    assert first.stderr.strip().splitlines()[-1].startswith("stopped by SIGTERM")
+    assert not (tmp_path / "summary.json").exists()
+    with Checkpointer(tmp_path / "checkpoints") as ckpt:
+        assert ckpt.latest_step() == 60
+    second = _cli(tmp_path, data_dir)
+    assert second.returncode == 0, second.stderr
+    assert _train_losses(tmp_path) == _train_losses(uninterrupted)
+    resumed, reference = _summary(tmp_path), _summary(uninterrupted)
+    for key in ("test/accuracy", "test/loss", "eval/accuracy", "train/loss"):
+        assert resumed[key] == reference[key], key
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_stop_signal_during_start_up_exits_75_with_nothing_lost(tmp_path, data_dir, sig):
+    result = train(tmp_path / "run", data_dir, signal_at=(sig, "startup", "-"))
+    assert result.returncode == EXIT_PREEMPTED, result.stderr
+    assert result.stderr.strip() == f"stopped by {sig}{' (Ctrl-C)' * (sig == 'SIGINT')}: " + (
+        "nothing unsaved was lost; rerun to resume"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     "override,message",
     [
@@ -120,25 +138,19 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, data_dir, uninterrupt
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, data_dir, override, message):
-    _one_error_line(_cli(tmp_path / "run", data_dir, override), message)
+    one_error_line(_cli(tmp_path / "run", data_dir, override), message)
     assert not (tmp_path / "run").exists()
-
-
-def _one_error_line(result, message):
-    assert result.returncode == EXIT_USER_ERROR, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
 
 
 def test_bad_init_from_and_wandb_mode_exit_2_before_writing(tmp_path, data_dir):
     (tmp_path / "empty").mkdir()
     result = _cli(tmp_path / "run", data_dir, f"init_from={tmp_path / 'empty'}")
-    _one_error_line(result, "no complete checkpoint")
+    one_error_line(result, "no complete checkpoint")
     result = _cli(tmp_path / "run", data_dir, env={"WANDB_MODE": "sometimes"})
-    _one_error_line(result, "WANDB_MODE='sometimes'")
+    one_error_line(result, "WANDB_MODE='sometimes'")
     assert not (tmp_path / "run").exists()
     (tmp_path / "afile").write_text("x")
-    _one_error_line(_cli(tmp_path / "afile", data_dir), "is not a directory")
+    one_error_line(_cli(tmp_path / "afile", data_dir), "is not a directory")
     assert (tmp_path / "afile").read_text() == "x"
 
 
@@ -167,10 +179,12 @@ def test_diverging_run_exits_3_and_keeps_a_good_checkpoint(tmp_path, data_dir):
         "optimizer.schedule": "constant",
         "checkpoint.every_steps": 1,
         "checkpoint.best_metric": "",
+        "divergence.loss_factor": 0,  # this test is about the NaN guard alone
     }
     result = _cli(tmp_path, data_dir, *(f"{k}={v}" for k, v in overrides.items()))
     assert result.returncode == EXIT_DIVERGED, result.stderr
     assert "diverged at step" in result.stderr
+    assert "the latest checkpoint (step" in result.stderr
     rows = [r for r in read_metrics(tmp_path) if "train/loss" in r]
     bad_step = rows[-1]["step"]
     assert bad_step > 1

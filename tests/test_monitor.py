@@ -9,12 +9,13 @@ import pytest
 from test_loop import _in_process, _train_losses
 
 from research.config import base_config
+from research.errors import DivergedError
 from research.models import get_model
 from research.optim import build_optimizer
 from research.tasks import ClassificationTask
 from research.tracking import read_metrics
 from research.train import loop
-from research.train.hooks import Monitor
+from research.train.hooks import DivergenceGuard, Monitor
 from research.train.state import make_init_fn
 from research.train.step import make_train_step
 
@@ -132,3 +133,37 @@ def test_distillation_from_a_teacher_run(tmp_path, monkeypatch):
     assert rows[-1]["train/distill_kl"] < 0.5 * rows[0]["train/distill_kl"]
     summary = json.loads((tmp_path / "student" / "summary.json").read_text())
     assert summary["test/accuracy"] > 0.5
+
+
+def _losses(guard, values, start=1):
+    for step, value in enumerate(values, start=start):
+        guard.check({"train/loss": value}, step)
+
+
+def test_divergence_guard_stops_a_finite_blow_up_after_patience_checks():
+    guard = DivergenceGuard(loss_factor=10.0, patience=3)
+    _losses(guard, [2.0, 1.5, 25.0, 1.0, 30.0, 1e6])  # a lone spike resets at the next check
+    with pytest.raises(DivergedError, match=r"step 7: train/loss=1e\+12 .* since step 5"):
+        _losses(guard, [1e12], start=7)
+
+
+def test_divergence_guard_resumes_from_its_state_and_can_be_off():
+    guard = DivergenceGuard(loss_factor=10.0, patience=2)
+    _losses(guard, [2.0, 50.0])
+    resumed = DivergenceGuard(
+        loss_factor=10.0, patience=2, state=json.loads(json.dumps(guard.state))
+    )
+    with pytest.raises(DivergedError, match="above 10x its initial value \\(2\\)"):
+        _losses(resumed, [60.0], start=3)
+    off = DivergenceGuard(loss_factor=0, patience=1)
+    _losses(off, [2.0, 1e30, 1e30])
+    assert not off.needs_reference
+    with pytest.raises(DivergedError, match="train/loss=nan"):
+        _losses(off, [float("nan")])
+
+
+def test_divergence_guard_limit_stays_above_a_negative_initial_loss():
+    guard = DivergenceGuard(loss_factor=10.0, patience=1)
+    _losses(guard, [-100.0, 700.0])  # limit -100 + 9 * 100 = 800
+    with pytest.raises(DivergedError):
+        _losses(guard, [900.0], start=3)

@@ -7,6 +7,7 @@ import tensorflow_datasets as tfds
 
 from mock_tfds import fake_prepared
 from research import config as cfg
+from research.errors import ConfigError
 from research.train import loop
 
 SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
@@ -44,5 +45,5 @@ def test_cnn_public_config_trains_on_mock_data(tmp_path, name):
 
 
 def test_unknown_public_dataset_arg_is_refused():
-    with pytest.raises(ValueError, match="choose one of"):
+    with pytest.raises(ConfigError, match="choose one of"):
         cfg.load_config_file("configs/cnn_public.py", "imagenet")

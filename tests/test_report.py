@@ -130,6 +130,50 @@ def test_no_runs_is_one_line_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "report").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--metric=test/acuracy"],
+            "--metric=test/acuracy: no run has this numeric summary.json metric; "
+            "did you mean test/accuracy? metrics: test/accuracy, test/loss",
+        ),
+        (
+            ["--target=0.9", "--target-metric=eval/acc"],
+            "--target-metric=eval/acc: no run has this metric in metrics.jsonl; "
+            "did you mean eval/accuracy? logged: eval/accuracy, train/loss",
+        ),
+        (["--target-metric=eval/accuracy"], "--target-metric=eval/accuracy needs --target=T"),
+        (["--curves=model.widht"], "did you mean model.width? swept keys: model.width"),
+        (["--scaling=width"], "argument --scaling: invalid choice: 'width'"),
+        (["--group=model.width"], "unrecognized arguments: --group=model.width"),
+        (["--bootstrap=0"], "argument --bootstrap: must be a whole number >= 1, got '0'"),
+        (["--hidden-gradients"], "no run has plots/hidden_gradients.json"),
+    ],
+)
+def test_unknown_names_and_bad_flags_are_one_line_errors(sweep, flags, message) -> None:
+    result = _run_report(str(sweep), *flags)
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert message in result.stderr
+    assert result.stdout == "" and not (sweep / "report").exists()
+
+
+def test_missing_dir_or_a_file_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "summary.json").write_text("{}")
+    for path, state in ((tmp_path / "nope", "does not exist"), (tmp_path / "summary.json", "file")):
+        result = _run_report(str(path))
+        assert result.returncode == 2 and result.stderr.count("\n") == 1
+        assert result.stderr.startswith(f"error: {path} ") and state in result.stderr
+
+
+def test_target_columns_are_tabulated_without_metric_flags(sweep: Path) -> None:
+    result = _run_report(str(sweep), "--target=0.5")
+    assert result.returncode == 0, result.stderr
+    header = (sweep / "report" / "report.md").read_text().splitlines()[0]
+    assert header.endswith("| test/accuracy | test/loss | steps_to_0.5 | reached_0.5 |")
+
+
 def test_tuple_valued_keys_group_and_sort_by_value(tmp_path: Path) -> None:
     # Configs store tuples (hidden_sizes) as JSON lists; groups must still form and sort by size.
     for width in (128, 4, 16):

@@ -275,6 +275,32 @@ def test_bad_sweep_is_a_user_error(tmp_path):
     assert out.returncode == 2 and "optimizer.nmae" in out.stderr
 
 
+def test_bad_flags_and_unwritable_workdir_are_one_line_user_errors(tmp_path):
+    config = tmp_path / "tiny.py"
+    config.write_text(TINY_CONFIG)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    cases = {
+        # flags -> what the one line must say
+        ("--parallel=0", "--dry-run"): "--parallel=0",
+        ("--search=optuna", "--trials=0"): "--trials=0",
+        (f"--workdir={blocker}/sweep",): f"--workdir={blocker}/sweep: cannot write there",
+    }
+    for flags, message in cases.items():
+        workdir = (
+            () if any(f.startswith("--workdir") for f in flags) else (f"--workdir={tmp_path}",)
+        )
+        out = _launch(f"--config={config}", *workdir, *flags)
+        assert out.returncode == 2, (flags, out.stderr)
+        assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+        assert message in out.stderr
+    typo = tmp_path / "typo.py"
+    typo.write_text(TINY_CONFIG.replace('"optimizer.name"', '"optimizer.nmae"'))
+    out = _launch(f"--config={typo}", f"--workdir={tmp_path}/s", "--dry-run")
+    assert f"{typo}: get_sweep() run optimizer.nmae-sgd_seed-1: unknown" in out.stderr
+    assert not (tmp_path / "s").exists() and not (tmp_path / "sweep.json").exists()
+
+
 @pytest.mark.slow
 def test_local_sweep_runs_in_parallel_then_skips_finished(tmp_path):
     config = tmp_path / "tiny.py"

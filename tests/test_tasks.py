@@ -235,3 +235,14 @@ def test_get_task_binary_classification_needs_two_classes():
             get_task(task_config, num_classes=classes)
     with pytest.raises(ConfigError, match="known: classification, binary_classification"):
         get_task({"name": "binary"}, num_classes=2)
+
+
+@pytest.mark.parametrize(
+    "name,option", [("classification", "label_smoothng"), ("forecasting", "huber")]
+)
+def test_an_unknown_task_option_is_a_config_error_naming_it(name, option):
+    with pytest.raises(ConfigError, match=f"task '{name}' has no option task.{option}"):
+        get_task({"name": name, option: 0.1}, num_classes=10)
+    if name == "classification":
+        with pytest.raises(ConfigError, match="did you mean task.label_smoothing"):
+            get_task({"name": name, option: 0.1}, num_classes=10)

@@ -70,6 +70,46 @@ def test_truncate_after_drops_later_steps_and_appending_continues(tmp_path):
     ]
 
 
+def test_resume_without_metrics_history_warns_once(tmp_path, capsys):
+    with _tracker(tmp_path) as tracker:
+        for step in range(1, 4):
+            tracker.log(step, {"train/loss": float(step)})
+    (tmp_path / "metrics.jsonl").unlink()  # deleted between the kill and the resume
+    with _tracker(tmp_path) as resumed:
+        resumed.truncate_after(3)
+        resumed.log(4, {"train/loss": 4.0})
+    path = tmp_path / "metrics.jsonl"
+    assert capsys.readouterr().err == (
+        f"warning: {path} is missing; the metrics of steps 1..3 are gone "
+        "(training resumes from step 3)\n"
+    )
+    assert [r["step"] for r in read_metrics(tmp_path)] == [4]
+
+    path.write_text('{"step": 7, "train/loss": 7.0}\n')  # only rows after the resume step
+    with _tracker(tmp_path) as resumed:
+        resumed.truncate_after(5)
+    err = capsys.readouterr().err
+    assert err == (
+        f"warning: {path} holds no rows up to step 5; the metrics of steps 1..5 are gone "
+        "(training resumes from step 5)\n"
+    )
+    assert read_metrics(tmp_path) == []
+
+
+def test_fresh_start_and_intact_resume_do_not_warn(tmp_path, capsys):
+    with _tracker(tmp_path) as tracker:
+        tracker.truncate_after(0)  # a fresh run: nothing to lose
+        tracker.log(1, {"train/loss": 1.0})
+    with _tracker(tmp_path) as resumed:
+        resumed.truncate_after(1)
+    (tmp_path / "metrics.jsonl").unlink()
+    with _tracker(tmp_path, is_main=False) as other:  # only process 0 speaks
+        other.truncate_after(1)
+    with _tracker(tmp_path) as early:  # stopped at step 4, before the first log step (10)
+        early.truncate_after(4, first_logged=10)
+    assert capsys.readouterr().err == ""
+
+
 def test_torn_last_line_is_tolerated_then_removed(tmp_path):
     with _tracker(tmp_path) as tracker:
         tracker.log(1, {"train/loss": 1.0})

@@ -1,5 +1,7 @@
 """Tasks: what a run optimises. `get_task(config.task, info)` builds one by name."""
 
+import dataclasses
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,6 +56,7 @@ def get_task(
     facts = facts or {}
     kwargs = dict(task_config)
     name = kwargs.pop("name")
+    _check_options(name, kwargs)
     if name == "classification":
         if not num_classes:
             raise ConfigError("task 'classification' needs a dataset with a ClassLabel 'label'")
@@ -97,3 +100,33 @@ def get_task(
             )
         return LanguageModelTask(vocab_size=int(facts["vocab_size"]), **kwargs)
     raise ConfigError(f"unknown task.name '{name}'; known: {', '.join(TASKS)}")
+
+
+# The task classes whose config options are their dataclass fields (reconstruction checks its
+# own, with aliases), and the fields that come from the data rather than from the config.
+_OPTION_CLASSES = {
+    "classification": ClassificationTask,
+    "binary_classification": BinaryClassificationTask,
+    "permuted_classification": PermutedClassificationTask,
+    "forecasting": RegressionTask,
+    "regression": RegressionTask,
+    "sequence_classification": SequenceClassificationTask,
+    "language_model": LanguageModelTask,
+}
+_FROM_DATA = ("num_classes", "input_size", "steps_per_task", "output_shape", "log_levels")
+
+
+def _check_options(name: str, options: Mapping[str, Any]) -> None:
+    """An option the task does not have is a ConfigError naming it and the nearest one."""
+    cls = _OPTION_CLASSES.get(name)
+    if cls is None:
+        return
+    known = sorted({f.name for f in dataclasses.fields(cls)} - set(_FROM_DATA) - {"vocab_size"})
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean task.{near[0]}?)" if near else ""
+        raise ConfigError(
+            f"task '{name}' has no option task.{unknown[0]}{hint}; its options: "
+            + (", ".join(known) or "none")
+        )

@@ -82,9 +82,13 @@ def compute_cost(run: Run) -> dict[str, float]:
     state = run.par.abstract_state(run.init_fn, jax.random.PRNGKey(0))
     sample = run.transform(run.sources["train"][0])
     size = run.config.batch_size
+    # The dtypes the real step sees: put_batch turns int64/float64 host arrays into 32-bit ones
+    # unless x64 is on, and a 64-bit ShapeDtypeStruct warns when it is lowered.
     batch = {
         k: jax.ShapeDtypeStruct(
-            (size, *np.shape(v)), np.asarray(v).dtype, sharding=run.par.batch_sharding
+            (size, *np.shape(v)),
+            jax.dtypes.canonicalize_dtype(np.asarray(v).dtype),
+            sharding=run.par.batch_sharding,
         )
         for k, v in sample.items()
     }

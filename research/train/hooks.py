@@ -14,6 +14,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from research.errors import DivergedError
+from research.interrupts import STOP_SIGNALS, signal_name
 
 
 def every(period: int | None, step: int) -> bool:
@@ -29,14 +30,67 @@ def check_finite(metrics: Mapping[str, float], step: int) -> None:
     """
     for key in ("train/loss", "train/grad_norm", "train/param_norm"):
         if key in metrics and not np.isfinite(metrics[key]):
+            raise DivergedError(f"training diverged at step {step}: {key}={metrics[key]}")
+
+
+@dataclasses.dataclass
+class DivergenceGuard:
+    """Stops a run whose training loss is non-finite, or finite but blown up: above
+    `loss_factor` times its first value at `patience` consecutive checks (the loop checks at
+    every log step). A run at lr=1e6 reaches losses of 1e12 without a NaN and would otherwise
+    end "successfully" at chance accuracy.
+
+    Its state is plain JSON, saved in each checkpoint's metadata, so a resumed run keeps the
+    reference loss of the step it started from.
+    """
+
+    loss_factor: float | None = 10.0  # 0 or None: only non-finite values count
+    patience: int = 3
+    state: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.state = {"initial": None, "above": 0, "since": None, **self.state}
+
+    @property
+    def needs_reference(self) -> bool:
+        """True until the first training loss has been seen."""
+        return bool(self.loss_factor) and self.state["initial"] is None
+
+    def limit(self) -> float | None:
+        """The loss above which a check counts as blown up (None: rule off)."""
+        initial = self.state["initial"]
+        if not self.loss_factor or not initial:  # no reference, or a zero loss to scale
+            return None
+        # Written so a negative initial loss (a continuous likelihood) still gives a limit
+        # above it; for a positive one it is loss_factor * initial.
+        return initial + (self.loss_factor - 1.0) * abs(initial)
+
+    def check(self, metrics: Mapping[str, float], step: int) -> None:
+        """Record one fetched set of training metrics; raise DivergedError when diverged."""
+        check_finite(metrics, step)
+        loss = metrics.get("train/loss")
+        if loss is None or not self.loss_factor:
+            return
+        s = self.state
+        if s["initial"] is None:
+            s["initial"] = float(loss)
+            return
+        limit = self.limit()
+        if limit is None or loss <= limit:
+            s["above"], s["since"] = 0, None
+            return
+        s["above"], s["since"] = s["above"] + 1, s["since"] or step
+        if s["above"] >= self.patience:
             raise DivergedError(
-                f"training diverged at step {step}: {key}={metrics[key]}; the last good "
-                "checkpoint is kept (lower optimizer.learning_rate or set optimizer.grad_clip_norm)"
+                f"training diverged at step {step}: train/loss={loss:.4g} stayed above "
+                f"{self.loss_factor:g}x its initial value ({s['initial']:.4g}) for "
+                f"{s['above']} checks since step {s['since']}"
             )
 
 
 class Preemption:
-    """Turns SIGTERM into a request to save and stop at the next step boundary.
+    """Turns a stop signal (SIGTERM, Ctrl-C) into a request to save and stop at the next step
+    boundary. A second Ctrl-C quits at once, without saving.
 
     With several processes the request is agreed on every `sync_every` steps, so that all
     hosts stop (and save) at the same step.
@@ -45,25 +99,36 @@ class Preemption:
     def __init__(self, sync_every: int = 10):
         self._event = threading.Event()
         self._sync_every = sync_every
-        self._previous = None
+        self._previous: dict[int, Any] = {}
+        self.signum: int | None = None  # the first stop signal received
 
     def __enter__(self) -> Preemption:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: the user does not want to wait for a save
+        self.signum = self.signum or signum
         self._event.set()
 
-    def should_stop(self, step: int) -> bool:
-        """Whether to save and exit now (identical on every process)."""
+    @property
+    def reason(self) -> str:
+        """The signal that asked to stop, for messages."""
+        return signal_name(self.signum) if self.signum else "a stop request"
+
+    def should_stop(self, step: int, *, sync: bool = False) -> bool:
+        """Whether to save and exit now (identical on every process). `sync`: agree now rather
+        than at the next multiple of `sync_every`."""
         if jax.process_count() == 1:
             return self._event.is_set()
-        if step % self._sync_every:
+        if step % self._sync_every and not sync:
             return False
         flags = multihost_utils.process_allgather(np.asarray(self._event.is_set()))
         return bool(np.any(flags))

@@ -19,6 +19,7 @@ import numpy as np
 from research import config as cfg
 from research import data
 from research.checkpoint import Checkpointer
+from research.errors import DivergedError
 from research.manifest import build_manifest
 from research.optim import rules
 from research.tracking import Progress, Tracker, read_metrics, resolve_wandb_mode
@@ -30,7 +31,7 @@ from research.train import (
     sequence_artifacts,
     transfer,
 )
-from research.train.hooks import Monitor, Preemption, check_finite, every
+from research.train.hooks import DivergenceGuard, Monitor, Preemption, check_finite, every
 from research.train.setup import Run, build_run
 from research.train.workdir import check_workdir, write_run_files
 
@@ -40,11 +41,13 @@ TRAIN_SECONDS = "train_seconds"  # checkpoint metadata: wall time of training up
 
 @dataclasses.dataclass(frozen=True)
 class RunResult:
-    """How a call ended: `completed` (summary written) or `preempted` (saved after SIGTERM)."""
+    """How a call ended: `completed` (summary written) or `preempted` (saved after a stop
+    signal, named in `reason`)."""
 
     status: str
     step: int
     summary: dict[str, Any]
+    reason: str = ""
 
 
 @dataclasses.dataclass
@@ -57,6 +60,7 @@ class _Context:
     tracker: Tracker
     batches: Any  # the training iterator (its position is checkpointed)
     monitor: Monitor
+    guard: DivergenceGuard
     seconds_before: float = 0.0  # training time of the calls this one resumes (checkpointed)
     started: float = dataclasses.field(default_factory=time.monotonic)
 
@@ -75,9 +79,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> RunResult:
     check_workdir(workdir, config_json)
     resolve_wandb_mode(run.config.tracking.wandb_mode)  # a bad mode fails before any write
     with contextlib.ExitStack() as stack:
-        ckpt, state, batches, start, monitor, seconds = _initial_state(
-            run, workdir / "checkpoints", stack
-        )
+        ckpt, state, batches, start, meta = _initial_state(run, workdir / "checkpoints", stack)
         manifest = _manifest(run)
         if _is_main():
             vocabulary = run.facts.get("vocabulary")
@@ -92,41 +94,50 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> RunResult:
             if run.facts.get("description"):  # e.g. a series' stationarity test
                 print(run.facts["description"], flush=True)
         tracker = stack.enter_context(_make_tracker(run, workdir, config_json, manifest))
-        tracker.truncate_after(start)
-        ctx = _Context(run, workdir, ckpt, tracker, batches, monitor, seconds)
+        tracker.truncate_after(start, first_logged=run.config.log_every_steps)
+        ctx = _Context(run, workdir, ckpt, tracker, batches, *_watchers(run, meta))
+        # A stop signal (SIGTERM, Ctrl-C) is deferred to a step boundary until the final state
+        # is saved; after that the entry point's handler may stop at once (nothing is unsaved).
         with Preemption() as preemption:
             state = _train(ctx, state, start, preemption)
+            if state is not None:
+                state, eval_metrics = _final_checkpoint(ctx, state, start, preemption)
         if state is None:
             ckpt.wait()
-            return RunResult(PREEMPTED, ckpt.latest_step() or 0, {})
-        if monitor.stopped and start < run.total_steps:  # just stopped early: take the best
-            state = _restore_best(ctx) or state
-        return RunResult(COMPLETED, run.total_steps, _finish(ctx, state))
+            return RunResult(PREEMPTED, ckpt.latest_step() or 0, {}, preemption.reason)
+        return RunResult(COMPLETED, run.total_steps, _finish(ctx, state, eval_metrics))
+
+
+def _watchers(run: Run, meta: dict) -> tuple[Monitor, DivergenceGuard, float]:
+    """The monitor, the divergence guard and the training seconds, as a checkpoint left them."""
+    c = run.config.divergence
+    guard = DivergenceGuard(c.loss_factor, c.patience, dict(meta.get("divergence", {})))
+    monitor = _make_monitor(run, meta.get("monitor", {}))
+    return monitor, guard, float(meta.get(TRAIN_SECONDS, 0.0))
 
 
 def _initial_state(
     run: Run, directory: Path, stack: contextlib.ExitStack
-) -> tuple[Checkpointer, Any, Any, int, Monitor, float]:
-    """(checkpointer, device state, train batches, first step, monitor, seconds trained so far):
-    resumed, warm-started or fresh.
+) -> tuple[Checkpointer, Any, Any, int, dict]:
+    """(checkpointer, device state, train batches, first step, the checkpoint's metadata):
+    resumed, warm-started or fresh ({} for metadata).
 
     A fresh state (and `init_from`) is built before the checkpoint directory is created, so a
-    bad `init_from` fails with nothing written.
+    bad `init_from` fails with nothing written. A damaged latest checkpoint is moved aside with
+    a warning and the newest intact one resumed (a WorkdirError if none is).
     """
     rng = jax.random.PRNGKey(run.config.seed)
     fresh = None if directory.is_dir() else _fresh_state(run, rng)
     ckpt = stack.enter_context(_make_checkpointer(run, directory))
     batches = _train_batches(run)
-    latest = ckpt.latest_step()
-    if latest is None:
+    if ckpt.latest_step() is None:
         state = fresh if fresh is not None else _fresh_state(run, rng)
-        return ckpt, run.par.to_device(state), batches, 0, _make_monitor(run, {}), 0.0
-    state, data_state, meta = ckpt.restore(run.par.abstract_state(run.init_fn, rng), latest)
+        return ckpt, run.par.to_device(state), batches, 0, {}
+    abstract = run.par.abstract_state(run.init_fn, rng)
+    latest, state, data_state, meta = ckpt.restore_latest_intact(abstract)
     if data_state:  # every save records it; without it the data would restart from batch 0
         batches.set_state(data_state)
-    monitor = _make_monitor(run, meta.get("monitor", {}))
-    seconds = float(meta.get(TRAIN_SECONDS, 0.0))
-    return ckpt, run.par.to_device(state), batches, latest, monitor, seconds
+    return ckpt, run.par.to_device(state), batches, latest, meta
 
 
 def _fresh_state(run: Run, rng: jax.Array) -> Any:
@@ -205,27 +216,41 @@ def _train(ctx: _Context, state: Any, start: int, preemption: Preemption) -> Any
     enabled = c.tracking.progress and _is_main()
     metrics = None
     with contextlib.closing(Progress(run.total_steps, start, c.batch_size, enabled=enabled)) as bar:
-        for step in range(start + 1, run.total_steps + 1):
-            if ctx.monitor.stopped:
-                break
-            if preemption.should_stop(step - 1):
-                _save_on_preemption(ctx, state, step - 1, metrics)
-                return None
-            state, metrics = run.train_step(state, run.par.put_batch(next(ctx.batches)))
-            state = _after_step(ctx, state, metrics, step)
-            bar.update(step)
+        try:
+            for step in range(start + 1, run.total_steps + 1):
+                if ctx.monitor.stopped:
+                    break
+                if preemption.should_stop(step - 1):
+                    _save_on_preemption(ctx, state, step - 1, metrics)
+                    return None
+                state, metrics = run.train_step(state, run.par.put_batch(next(ctx.batches)))
+                state = _after_step(ctx, state, metrics, step)
+                bar.update(step)
+        except DivergedError as e:
+            raise DivergedError(f"{e}; {_kept_checkpoint(ctx)}") from None
     return state
+
+
+def _kept_checkpoint(ctx: _Context) -> str:
+    """What a diverged run leaves behind, and what to change."""
+    ctx.ckpt.wait()  # a pending save holds an earlier, checked state
+    latest, since = ctx.ckpt.latest_step(), ctx.guard.state["since"]
+    fix = "lower optimizer.learning_rate or set optimizer.grad_clip_norm, in a new --workdir"
+    if latest is None:
+        return f"no checkpoint was saved; {fix}"
+    after = f", saved after the loss rose at step {since}" if since and latest >= since else ""
+    return f"the latest checkpoint (step {latest}{after}) is kept; {fix}"
 
 
 def _after_step(ctx: _Context, state: Any, metrics: dict, step: int) -> Any:
     """Log, evaluate, watch and checkpoint on their cadences; metrics reach the host only here."""
     run, c = ctx.run, ctx.run.config
     log_now, ckpt_now = every(c.log_every_steps, step), every(c.checkpoint.every_steps, step)
-    if log_now or ckpt_now or step == run.total_steps:
+    if log_now or ckpt_now or step == run.total_steps or ctx.guard.needs_reference:
         host = _fetch(run, metrics)
         if log_now or step == run.total_steps:
             ctx.tracker.log(step, {**host, "train/wall_time": ctx.wall_time()})
-        check_finite(host, step)  # before any save: a checkpoint never holds a diverged state
+        ctx.guard.check(host, step)  # before any save: a checkpoint never holds a NaN state
     eval_metrics = None
     if every(c.eval_every_steps, step) and step < run.total_steps:
         task = continual.current_task(run, step)
@@ -275,7 +300,11 @@ def _save(ctx: _Context, state: Any, step: int, metrics: dict | None) -> None:
         data_state=ctx.batches.get_state(),
         metrics=metrics,
         # A copy of the monitor state: saves commit asynchronously.
-        metadata={"monitor": dict(ctx.monitor.state), TRAIN_SECONDS: ctx.wall_time()},
+        metadata={
+            "monitor": dict(ctx.monitor.state),
+            "divergence": dict(ctx.guard.state),
+            TRAIN_SECONDS: ctx.wall_time(),
+        },
     )
 
 
@@ -290,20 +319,35 @@ def _restore_best(ctx: _Context) -> Any:
     return ctx.run.par.to_device(state)
 
 
-def _finish(ctx: _Context, state: Any) -> dict:
-    """Final eval and test passes, the last checkpoint, summary.json and plots."""
+def _final_checkpoint(
+    ctx: _Context, state: Any, start: int, preemption: Preemption
+) -> tuple[Any, dict | None]:
+    """(final state, its eval metrics), saved as the last checkpoint: after early stopping, the
+    best state. (None, None) when a stop signal came meanwhile: the save stands, a rerun
+    finishes from it."""
     run, step = ctx.run, ctx.run.total_steps
+    if ctx.monitor.stopped and start < run.total_steps:  # just stopped early: take the best
+        state = _restore_best(ctx) or state
     task = continual.current_task(run, step)
     eval_metrics, _ = evaluation.evaluate(run, state, "eval", task_id=task)
-    test_metrics, test_sums = evaluation.evaluate(run, state, "test", task_id=task)
     if ctx.ckpt.latest_step() != step:
         _save(ctx, state, step, eval_metrics)
+    ctx.ckpt.wait()
+    if preemption.should_stop(step, sync=True):
+        return None, None
+    return state, eval_metrics
+
+
+def _finish(ctx: _Context, state: Any, eval_metrics: dict) -> dict:
+    """Test pass, summary.json and plots (the final checkpoint is saved already)."""
+    run, step = ctx.run, ctx.run.total_steps
+    task = continual.current_task(run, step)
+    test_metrics, test_sums = evaluation.evaluate(run, state, "test", task_id=task)
     # Only process 0 writes metrics.jsonl, so only it reads the file back (other hosts may not
     # share the filesystem, or may read it mid-write); their summary lacks the logged history.
     if not (_is_main() and evaluation.has_final_metrics(read_metrics(ctx.workdir), step)):
         final = {**eval_metrics, **test_metrics, "eval/wall_time": ctx.wall_time()}
         ctx.tracker.log(step, final)  # once: a rerun logs nothing new
-    ctx.ckpt.wait()
     rows = read_metrics(ctx.workdir) if _is_main() else []
     c = run.config.checkpoint
     summary = evaluation.summarize(

@@ -128,8 +128,8 @@ def make_train_step(
         )
         metrics = {
             **metrics,
-            "grad_norm": optax.global_norm(grads),
-            "param_norm": optax.global_norm(new_state.params),
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(new_state.params),
             "learning_rate": _learning_rate(optimizer, state),
         }
         return new_state, {f"train/{k}": v for k, v in metrics.items()}

@@ -4,6 +4,7 @@ Checks come first and write nothing, so a refused start leaves the workdir as it
 """
 
 import json
+import os
 from pathlib import Path
 
 from research import config as cfg
@@ -16,6 +17,7 @@ def check_workdir(workdir: Path, config_json: str) -> None:
     """Raise WorkdirError if `workdir` is not a directory or holds a run of another config."""
     if workdir.exists() and not workdir.is_dir():
         raise WorkdirError(f"--workdir {workdir} exists and is not a directory")
+    _check_writable(workdir)
     existing = workdir / "config.json"
     if not existing.exists():
         return
@@ -30,6 +32,19 @@ def check_workdir(workdir: Path, config_json: str) -> None:
         raise WorkdirError(
             f"{workdir} holds a run with a different config ({diff}); "
             "use another --workdir, or delete this one to start over"
+        )
+
+
+def _check_writable(workdir: Path) -> None:
+    """Refuse a workdir that cannot be written (a read-only mount, another user's directory)
+    before anything runs, rather than failing at the first checkpoint."""
+    existing = workdir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WorkdirError(
+            f"cannot write to --workdir {workdir}: {existing} is read-only or not yours; "
+            "choose another --workdir"
         )
 
 

@@ -9,6 +9,8 @@ import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from research.data.builders.offline import OfflineBuilder
+
 _DESCRIPTION = """\
 The UCI optical recognition of handwritten digits data as bundled with scikit-learn
 (`sklearn.datasets.load_digits`): 1797 grayscale 8x8 images of the digits 0-9. Pixel values are
@@ -49,7 +51,7 @@ def split_indices() -> dict[str, np.ndarray]:
     return {"train": np.sort(train), "validation": np.sort(validation), "test": np.sort(test)}
 
 
-class Digits(tfds.core.GeneratorBasedBuilder):
+class Digits(OfflineBuilder):
     """scikit-learn's 8x8 digits as a TFDS dataset; defining this class registers "digits"."""
 
     VERSION = tfds.core.Version("1.0.0")

@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
 
 from research.data.builders.digits import split_indices
+from research.data.builders.offline import OfflineBuilder
 
 CANVAS = 12
 _DIGIT = 8
@@ -26,7 +27,7 @@ def place(image: np.ndarray, index: int) -> np.ndarray:
     return canvas
 
 
-class DigitsCanvas(tfds.core.GeneratorBasedBuilder):
+class DigitsCanvas(OfflineBuilder):
     """scikit-learn's digits at random offsets on 12x12; defining it registers "digits_canvas"."""
 
     VERSION = tfds.core.Version("1.0.0")

@@ -13,6 +13,8 @@ import pandas as pd
 import tensorflow_datasets as tfds
 from statsmodels.datasets import co2, elnino, sunspots
 
+from research.data.builders.offline import OfflineBuilder
+
 _STATSMODELS_DOCS = "https://www.statsmodels.org/stable/datasets/generated/{}.html"
 
 _FEATURES_DOC = """
@@ -35,7 +37,7 @@ def co2_series() -> tuple[np.ndarray, np.ndarray]:
     frame = co2.load_pandas().data
     dates = pd.DatetimeIndex(frame.index)
     days_in_year = np.where(dates.is_leap_year, 366.0, 365.0)
-    time = dates.year.to_numpy(np.float64) + (dates.dayofyear.to_numpy() - 1) / days_in_year
+    time = dates.year.to_numpy(np.float64) + (dates.day_of_year.to_numpy() - 1) / days_in_year
     return time, frame["co2"].to_numpy(np.float32)
 
 
@@ -52,7 +54,7 @@ def elnino_series() -> tuple[np.ndarray, np.ndarray]:
     return years + months / 12, table.reshape(-1)
 
 
-class _SeriesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _SeriesBuilder(OfflineBuilder, skip_registration=True):
     """A univariate series as one time-ordered "train" split; subclasses name the series."""
 
     VERSION = tfds.core.Version("1.0.0")

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
+from research.data.builders.offline import GENERATED, OfflineBuilder
 from research.errors import ConfigError, DataError
 
 SPLIT_SIZES: Mapping[str, int] = types.MappingProxyType(
@@ -142,9 +143,10 @@ def _yield_rows(arrays: dict):
         yield i, {key: value[i] for key, value in arrays.items()}
 
 
-class Adding(tfds.core.GeneratorBasedBuilder):
+class Adding(OfflineBuilder):
     """The adding problem; defining this class registers "adding" (configs t50..t400)."""
 
+    ORIGIN = GENERATED
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = _configs((50, 100, 200, 400), "Sequence length")
@@ -173,9 +175,10 @@ class Adding(tfds.core.GeneratorBasedBuilder):
         yield from _yield_rows(adding_split(self.builder_config.length, split))
 
 
-class CopyMemory(tfds.core.GeneratorBasedBuilder):
+class CopyMemory(OfflineBuilder):
     """The copy-memory task; defining this class registers "copy_memory" (configs t50..t200)."""
 
+    ORIGIN = GENERATED
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = _configs((50, 100, 200), "Delay")

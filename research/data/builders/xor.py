@@ -8,6 +8,8 @@ all ask whether the network has learnt the whole truth table.
 import numpy as np
 import tensorflow_datasets as tfds
 
+from research.data.builders.offline import GENERATED, OfflineBuilder
+
 _DESCRIPTION = """\
 The XOR truth table as a dataset: `image` is the float32 pair (x1, x2) in {0, 1}^2 and `label`
 is x1 XOR x2. The train, validation and test splits each hold the same four examples.
@@ -32,9 +34,10 @@ def truth_table() -> tuple[np.ndarray, np.ndarray]:
     return inputs, labels
 
 
-class Xor(tfds.core.GeneratorBasedBuilder):
+class Xor(OfflineBuilder):
     """The XOR truth table as a TFDS dataset; defining this class registers "xor"."""
 
+    ORIGIN = GENERATED
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
 
