@@ -107,11 +107,15 @@ def _pooled(images: np.ndarray) -> np.ndarray:
     return images.reshape(2, 4, 2, 4, 2).mean(axis=(2, 4))  # (2, 4, 4): the 2x2 averages
 
 
-def test_grad_cam_weights_are_the_hand_gradient_and_the_map_peaks_at_the_read_location():
+def _probe_variables() -> tuple[np.ndarray, dict]:
+    """The probe's 4-class head and its variables (stage1 scales each channel)."""
     head = np.asarray(HEAD, np.float32)
-    variables = {
-        "params": {"stage1": {"scale": SCALE}, "head": {"kernel": head, "bias": np.zeros(4)}}
-    }
+    params = {"stage1": {"scale": SCALE}, "head": {"kernel": head, "bias": np.zeros(4)}}
+    return head, {"params": params}
+
+
+def test_grad_cam_weights_are_the_hand_gradient_and_the_map_peaks_at_the_read_location():
+    head, variables = _probe_variables()
     images = _images()
     cam = artifacts.grad_cam(_Probe(), variables, images, "stage1")
     pooled = _pooled(images)
@@ -147,10 +151,7 @@ def test_default_gradcam_layer_is_the_last_stage():
 
 
 def test_gradcam_figure_shows_each_8x8_image_and_its_overlay_at_display_resolution():
-    head = np.asarray(HEAD, np.float32)
-    variables = {
-        "params": {"stage1": {"scale": SCALE}, "head": {"kernel": head, "bias": np.zeros(4)}}
-    }
+    head, variables = _probe_variables()
     images = _images()
     cam = artifacts.grad_cam(_Probe(), variables, images, "stage1")
     fig = artifacts.gradcam_figure(images, cam, np.array([1, 1]), layer="stage1")

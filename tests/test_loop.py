@@ -78,6 +78,16 @@ def test_workdir_holds_the_contracted_files(uninterrupted):
     assert sorted(_train_losses(uninterrupted)) == list(range(1, 61))
 
 
+def _assert_rerun_equals_uninterrupted(workdir, data_dir, uninterrupted):
+    """Rerunning the stopped run finishes it with exactly the uninterrupted run's numbers."""
+    second = _cli(workdir, data_dir)
+    assert second.returncode == 0, second.stderr
+    assert _train_losses(workdir) == _train_losses(uninterrupted)
+    resumed, reference = _summary(workdir), _summary(uninterrupted)
+    for key in ("test/accuracy", "test/loss", "eval/accuracy", "train/loss"):
+        assert resumed[key] == reference[key], key
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig,at", [("SIGTERM", 27), ("SIGKILL", 33), ("SIGINT", 14)])
 def test_killed_and_resumed_equals_uninterrupted(tmp_path, data_dir, uninterrupted, sig, at):
@@ -88,12 +98,7 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, data_dir, uninterrupt
     else:
         assert first.returncode == -signal.SIGKILL
     assert not (tmp_path / "summary.json").exists()
-    second = _cli(tmp_path, data_dir)
-    assert second.returncode == 0, second.stderr
-    assert _train_losses(tmp_path) == _train_losses(uninterrupted)
-    resumed, reference = _summary(tmp_path), _summary(uninterrupted)
-    for key in ("test/accuracy", "test/loss", "eval/accuracy", "train/loss"):
-        assert resumed[key] == reference[key], key
+    _assert_rerun_equals_uninterrupted(tmp_path, data_dir, uninterrupted)
 
 
 @pytest.mark.slow
@@ -109,12 +114,7 @@ def test_sigterm_during_the_final_passes_exits_75_and_a_rerun_finishes(
     assert not (tmp_path / "summary.json").exists()
     with Checkpointer(tmp_path / "checkpoints") as ckpt:
         assert ckpt.latest_step() == 60
-    second = _cli(tmp_path, data_dir)
-    assert second.returncode == 0, second.stderr
-    assert _train_losses(tmp_path) == _train_losses(uninterrupted)
-    resumed, reference = _summary(tmp_path), _summary(uninterrupted)
-    for key in ("test/accuracy", "test/loss", "eval/accuracy", "train/loss"):
-        assert resumed[key] == reference[key], key
+    _assert_rerun_equals_uninterrupted(tmp_path, data_dir, uninterrupted)
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
