@@ -15,7 +15,7 @@ PY312 := $(VENV312)/bin/python
 TESTS312 ?= tests/test_config.py tests/test_loop.py tests/test_parallel.py tests/test_checkpoint.py \
 	tests/test_optim.py
 
-.PHONY: run test test-py312 lint format install install-dev clean
+.PHONY: run test test-py312 test-cluster lint format install install-dev clean
 
 $(VENV)/.stamp-base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ test: install-dev
 	$(PY) -m ruff check research launch tests configs
 	$(PY) -m ruff format --check research launch tests configs
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20  # slowest: keep in budget
+
+# The SLURM tests: need the local cluster (sudo launch/slurm/local_cluster.sh up); serial, since
+# the cluster's jobs need the cores.
+test-cluster: install-dev
+	$(PY) -m pytest -q -m cluster tests/cluster
 
 test-py312: $(VENV312)/.stamp-dev
 	$(PY312) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(TESTS312)

@@ -18,10 +18,11 @@ import copy
 import pathlib
 import shlex
 import sys
+from collections.abc import Callable
 
 from absl import flags
 
-from research import backends
+from research import backends, slurm
 from research import config as config_lib
 from research import search as search_lib
 from research import sweep as sweep_lib
@@ -44,7 +45,12 @@ flags.DEFINE_integer("study_seed", 0, "optuna: seed of the TPE sampler.")
 flags.DEFINE_string("name", None, "Sweep name (W&B group, SLURM job name); default: DIR's name.")
 flags.DEFINE_string("partition", None, "slurm: partition.")
 flags.DEFINE_integer("nodes", 1, "slurm: nodes per run.")
-flags.DEFINE_integer("gpus_per_node", 1, "slurm: GPUs per node (one task per GPU).")
+flags.DEFINE_integer(
+    "gpus_per_node", 1, "slurm: GPUs per node (one task per GPU); 0 on a CPU-only cluster."
+)
+flags.DEFINE_integer(
+    "tasks_per_node", None, "slurm: processes per node (default: one per GPU, or 1 without GPUs)."
+)
 flags.DEFINE_integer("cpus_per_task", 8, "slurm: CPU cores per task.")
 flags.DEFINE_integer("timeout_min", 240, "slurm: time limit per run, in minutes.")
 flags.DEFINE_string("tpu_name", None, "tpu: name of the TPU VM (or pod slice).")
@@ -114,8 +120,8 @@ def _commands(base, runs: list, sweep_name: str) -> list[tuple]:
         if FLAGS.backend == "tpu":
             extra["parallel.distributed"] = True  # every worker of the pod joins one job
             python = "python"  # the workers' interpreter, not this machine's path
-        if FLAGS.backend == "slurm" and FLAGS.nodes * FLAGS.gpus_per_node > 1:
-            extra["parallel.distributed"] = True  # one process per GPU; jax reads SLURM's env
+        if FLAGS.backend == "slurm" and slurm.processes_per_run(_slurm_parameters(1)) > 1:
+            extra["parallel.distributed"] = True  # one process per task; jax reads SLURM's env
         commands.append((run, sweep_lib.train_argv(FLAGS.config, run, extra, python=python)))
     return commands
 
@@ -128,12 +134,18 @@ def _print_table(runs: list, statuses: dict[str, str]) -> None:
         print(f"{run.name:<{width}}  {statuses.get(run.name, run.status):<12}  {run.workdir}")
 
 
-def _dispatch(commands: list[tuple], sweep_name: str, workdir: pathlib.Path) -> dict[str, str]:
-    """Print (dry run) or execute the commands on the chosen backend; returns run -> status."""
+def _dispatch(
+    commands: list[tuple], sweep_name: str, workdir: pathlib.Path, record: Callable[[], None]
+) -> dict[str, str]:
+    """Print (dry run) or execute the commands on the chosen backend; returns run -> status.
+    `record` writes the sweep's manifest: before local runs start, after a SLURM submission
+    was accepted (a rejected one leaves nothing that looks like a submitted sweep)."""
+    if FLAGS.backend == "slurm":
+        return _slurm(commands, sweep_name, workdir, record)
+    if not FLAGS.dry_run:
+        record()
     if not commands:
         return {}
-    if FLAGS.backend == "slurm":
-        return _slurm(commands, sweep_name, workdir)
     if FLAGS.backend == "tpu":
         tpu = [(run, backends.tpu_command(argv, **_tpu_kwargs())) for run, argv in commands]
         if FLAGS.dry_run:
@@ -147,24 +159,42 @@ def _dispatch(commands: list[tuple], sweep_name: str, workdir: pathlib.Path) -> 
     )
 
 
-def _slurm(commands: list[tuple], sweep_name: str, workdir: pathlib.Path) -> dict[str, str]:
-    """Print the job array's parameters, then print (dry run) or submit its commands."""
-    params = backends.slurm_parameters(
-        name=sweep_name,
-        num_runs=len(commands),
+def _slurm_parameters(num_runs: int) -> dict:
+    """The job array's submitit parameters, from the flags."""
+    return slurm.slurm_parameters(
+        name=FLAGS.name or pathlib.Path(FLAGS.workdir).resolve().name,
+        num_runs=num_runs,
         parallel=FLAGS.parallel,
         gpus_per_node=FLAGS.gpus_per_node,
         nodes=FLAGS.nodes,
         partition=FLAGS.partition,
         timeout_min=FLAGS.timeout_min,
         cpus_per_task=FLAGS.cpus_per_task,
+        tasks_per_node=FLAGS.tasks_per_node,
     )
+
+
+def _slurm(
+    commands: list[tuple], sweep_name: str, workdir: pathlib.Path, record: Callable[[], None]
+) -> dict[str, str]:
+    """Submit the runs that have no live job yet as one array (dry run: print its parameters
+    and commands); run -> `job ID` for what was submitted, `job ID STATE` for what still runs."""
+    folder = workdir / "slurm"
+    live = {} if FLAGS.dry_run else slurm.live_jobs(folder)
+    for name, job in live.items():
+        print(f"{name}: {job}; not submitted again", flush=True)
+    commands = [(run, argv) for run, argv in commands if run.name not in live]
+    if not commands:
+        return live
+    params = {**_slurm_parameters(len(commands)), "name": sweep_name}
     print("submitit parameters:", params)
-    print("\n".join(backends.sbatch_lines(params, len(commands))))
+    print("\n".join(slurm.sbatch_lines(params, len(commands))))
     if FLAGS.dry_run:
         return _print_commands(commands)
-    jobs = backends.submit_slurm(commands, params, workdir / "slurm")
-    return {run.name: f"job {job.job_id}" for (run, _), job in zip(commands, jobs, strict=True)}
+    with _writing(workdir):
+        submitted = slurm.submit(commands, params, folder)
+    record()
+    return {**live, **{name: f"job {job}" for name, job in submitted.items()}}
 
 
 def _tpu_kwargs() -> dict:
@@ -236,14 +266,16 @@ def main(argv: list[str]) -> int:
         base, runs = _load(FLAGS.workdir)  # the string: gs://... must keep its "//"
         commands = _commands(base, runs, sweep_name)
         if FLAGS.backend == "slurm" and not FLAGS.dry_run:
-            backends.import_submitit()  # fail before anything is written
-        if not FLAGS.dry_run:
+            slurm.import_submitit()  # fail before anything is written
+
+        def record() -> None:
             manifest = sweep_lib.build_sweep_manifest(
                 argv=argv, config=FLAGS.config, base=base, runs=runs
             )
             with _writing(workdir):
                 sweep_lib.write_sweep_manifest(workdir, manifest)
-        statuses = _dispatch(commands, sweep_name, workdir)
+
+        statuses = _dispatch(commands, sweep_name, workdir, record)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -1,4 +1,5 @@
-"""Stop signals (a scheduler's SIGTERM, Ctrl-C's SIGINT) as a clean stop, never a traceback.
+"""Stop signals (a scheduler's SIGTERM, its time-limit warning SIGUSR1/SIGUSR2, Ctrl-C's
+SIGINT) as a clean stop, never a traceback.
 
 A run is in one of two situations when a stop signal arrives. Outside the training steps
 (start-up, restoring, and after the final checkpoint has committed) nothing is unsaved, so
@@ -15,7 +16,15 @@ import signal
 import threading
 from types import FrameType
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGUSR2 is what submitit asks SLURM to send before the time limit (`--signal=USR2@90`), and
+# SIGUSR1 the usual choice of hand-written sbatch scripts: both mean "save now, you will be
+# killed soon", exactly like a preemption's SIGTERM.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+_DESCRIPTIONS = {
+    signal.SIGINT: "Ctrl-C",
+    signal.SIGUSR1: "the scheduler's time-limit warning",
+    signal.SIGUSR2: "the scheduler's time-limit warning",
+}
 
 
 class Interrupted(BaseException):
@@ -31,9 +40,10 @@ class Interrupted(BaseException):
 
 
 def signal_name(signum: int) -> str:
-    """`SIGTERM`, or `SIGINT (Ctrl-C)`."""
+    """`SIGTERM`, `SIGINT (Ctrl-C)`, or `SIGUSR2 (the scheduler's time-limit warning)`."""
     name = signal.Signals(signum).name
-    return f"{name} (Ctrl-C)" if signum == signal.SIGINT else name
+    description = _DESCRIPTIONS.get(signum)
+    return f"{name} ({description})" if description else name
 
 
 class StopSignals:

@@ -89,12 +89,14 @@ def _assert_rerun_equals_uninterrupted(workdir, data_dir, uninterrupted):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,at", [("SIGTERM", 27), ("SIGKILL", 33), ("SIGINT", 14)])
+@pytest.mark.parametrize(
+    "sig,at", [("SIGTERM", 27), ("SIGKILL", 33), ("SIGINT", 14), ("SIGUSR2", 21)]
+)
 def test_killed_and_resumed_equals_uninterrupted(tmp_path, data_dir, uninterrupted, sig, at):
     first = _cli(tmp_path, data_dir, signal_at=(sig, at))
-    if sig != "SIGKILL":  # Ctrl-C saves and stops like a scheduler's SIGTERM
+    if sig != "SIGKILL":  # Ctrl-C and the time-limit warning save and stop like SIGTERM
         assert first.returncode == EXIT_PREEMPTED, first.stderr
-        assert "rerun to resume" in first.stderr
+        assert f"stopped by {sig}" in first.stderr and "rerun to resume" in first.stderr
     else:
         assert first.returncode == -signal.SIGKILL
     assert not (tmp_path / "summary.json").exists()

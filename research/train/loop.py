@@ -34,6 +34,7 @@ from research.train import (
 from research.train.hooks import DivergenceGuard, Monitor, Preemption, check_finite, every
 from research.train.setup import Run, build_run
 from research.train.workdir import check_workdir, write_run_files
+from research.train.workdir_lock import WorkdirLock
 
 COMPLETED, PREEMPTED = "completed", "preempted"
 TRAIN_SECONDS = "train_seconds"  # checkpoint metadata: wall time of training up to that step
@@ -79,6 +80,8 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> RunResult:
     check_workdir(workdir, config_json)
     resolve_wandb_mode(run.config.tracking.wandb_mode)  # a bad mode fails before any write
     with contextlib.ExitStack() as stack:
+        if _is_main():  # one writer per workdir: a second run into it stops here
+            stack.enter_context(WorkdirLock(workdir))
         ckpt, state, batches, start, meta = _initial_state(run, workdir / "checkpoints", stack)
         manifest = _manifest(run)
         if _is_main():
@@ -137,6 +140,8 @@ def _initial_state(
     latest, state, data_state, meta = ckpt.restore_latest_intact(abstract)
     if data_state:  # every save records it; without it the data would restart from batch 0
         batches.set_state(data_state)
+    if _is_main():
+        print(f"resuming from step {latest} ({directory})", flush=True)
     return ckpt, run.par.to_device(state), batches, latest, meta
 
 
