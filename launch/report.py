@@ -54,7 +54,9 @@ def _whole(minimum: int):
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dir", type=Path, help="directory holding runs (searched recursively)")
+    parser.add_argument(
+        "dir", help="directory holding runs (searched recursively; local or gs://bucket/...)"
+    )
     parser.add_argument(
         "--metric",
         action="append",
@@ -205,8 +207,10 @@ def _plot_hidden_gradients(norms: dict[str, list], outdir: Path) -> Path:
 
 def report(args: argparse.Namespace) -> None:
     """Collect, tabulate, plot and (optionally) fit; prints where everything went."""
+    from research import storage  # noqa: PLC0415 (after parsing)
     from research.analysis import collect, tables  # noqa: PLC0415 (after parsing)
 
+    args.dir = storage.workdir_path(args.dir)
     _check_dir(args.dir)
     runs = collect.collect(args.dir)
     keys = collect.swept_keys(runs)

@@ -15,14 +15,14 @@ Exit codes: 0 every run finished (or was submitted); 2 user error; 75 some runs 
 
 import contextlib
 import copy
-import pathlib
 import shlex
 import sys
 from collections.abc import Callable
 
 from absl import flags
+from etils import epath
 
-from research import backends, slurm
+from research import backends, slurm, storage
 from research import config as config_lib
 from research import search as search_lib
 from research import sweep as sweep_lib
@@ -98,7 +98,7 @@ def _load(workdir: str) -> tuple:
 
 
 @contextlib.contextmanager
-def _writing(workdir: pathlib.Path):
+def _writing(workdir: epath.Path):
     """A sweep directory that cannot be created or written is a user error, not a traceback."""
     try:
         yield
@@ -135,12 +135,17 @@ def _print_table(runs: list, statuses: dict[str, str]) -> None:
 
 
 def _dispatch(
-    commands: list[tuple], sweep_name: str, workdir: pathlib.Path, record: Callable[[], None]
+    commands: list[tuple], sweep_name: str, workdir: epath.Path, record: Callable[[], None]
 ) -> dict[str, str]:
     """Print (dry run) or execute the commands on the chosen backend; returns run -> status.
     `record` writes the sweep's manifest: before local runs start, after a SLURM submission
     was accepted (a rejected one leaves nothing that looks like a submitted sweep)."""
     if FLAGS.backend == "slurm":
+        if storage.is_remote(workdir):
+            raise UserError(
+                f"--workdir={workdir}: SLURM jobs keep their files in the sweep directory, which "
+                "must be on a filesystem the nodes share, not an object store"
+            )
         return _slurm(commands, sweep_name, workdir, record)
     if not FLAGS.dry_run:
         record()
@@ -162,7 +167,7 @@ def _dispatch(
 def _slurm_parameters(num_runs: int) -> dict:
     """The job array's submitit parameters, from the flags."""
     return slurm.slurm_parameters(
-        name=FLAGS.name or pathlib.Path(FLAGS.workdir).resolve().name,
+        name=FLAGS.name or storage.workdir_path(FLAGS.workdir).name,
         num_runs=num_runs,
         parallel=FLAGS.parallel,
         gpus_per_node=FLAGS.gpus_per_node,
@@ -175,7 +180,7 @@ def _slurm_parameters(num_runs: int) -> dict:
 
 
 def _slurm(
-    commands: list[tuple], sweep_name: str, workdir: pathlib.Path, record: Callable[[], None]
+    commands: list[tuple], sweep_name: str, workdir: epath.Path, record: Callable[[], None]
 ) -> dict[str, str]:
     """Submit the runs that have no live job yet as one array (dry run: print its parameters
     and commands); run -> `job ID` for what was submitted, `job ID STATE` for what still runs."""
@@ -221,10 +226,12 @@ def _exit_code(statuses: dict[str, str]) -> int:
     return EXIT_PREEMPTED if "preempted" in statuses.values() else EXIT_OK
 
 
-def _optuna(sweep_name: str, workdir: pathlib.Path) -> int:
+def _optuna(sweep_name: str, workdir: epath.Path) -> int:
     """Bayesian search: optuna asks, each trial trains locally like a sweep run, summary tells."""
     if FLAGS.backend != "local" or FLAGS.dry_run:
         raise UserError("--search=optuna runs with --backend=local and without --dry-run")
+    if storage.is_remote(workdir):  # the study is an SQLite file
+        raise UserError(f"--search=optuna needs a local --workdir, not {workdir}")
     path, arg = sweep_lib.parse_config_flag(FLAGS.config)
     base = config_lib.load_config_file(path, arg)
     space = search_lib.load_search_space(path, arg)
@@ -258,11 +265,10 @@ def main(argv: list[str]) -> int:
         return EXIT_OK
     try:
         _parse(argv)
+        workdir = storage.workdir_path(FLAGS.workdir)
+        sweep_name = FLAGS.name or workdir.name
         if FLAGS.search == "optuna":
-            workdir = pathlib.Path(FLAGS.workdir)
-            return _optuna(FLAGS.name or workdir.resolve().name, workdir)
-        workdir = pathlib.Path(FLAGS.workdir)
-        sweep_name = FLAGS.name or workdir.resolve().name
+            return _optuna(sweep_name, workdir)
         base, runs = _load(FLAGS.workdir)  # the string: gs://... must keep its "//"
         commands = _commands(base, runs, sweep_name)
         if FLAGS.backend == "slurm" and not FLAGS.dry_run:

@@ -4,13 +4,17 @@ through gcloud (SLURM: `research.slurm`). `research.sweep` decides what runs; th
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import pathlib
 import queue
 import shlex
 import subprocess
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO
 
+from research import storage
 from research.errors import EXIT_DIVERGED, EXIT_OK, EXIT_PREEMPTED, EXIT_USER_ERROR
 from research.sweep import REPO_ROOT, Run
 
@@ -37,13 +41,11 @@ def run_one(
     With `devices`, the run takes one free device id for its lifetime and sees only that GPU
     (CUDA_VISIBLE_DEVICES), so N runs share N GPUs one each.
     """
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     device = devices.get() if devices is not None else None
     env = dict(os.environ) if device is None else {**os.environ, "CUDA_VISIBLE_DEVICES": device}
     try:
         with (
-            open(workdir / "log.txt", "a", encoding="utf-8") as log,
+            _log_file(workdir) as log,
             subprocess.Popen(
                 argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
             ) as process,
@@ -54,6 +56,27 @@ def run_one(
     finally:
         if device is not None:
             devices.put(device)
+
+
+@contextlib.contextmanager
+def _log_file(workdir: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """`workdir/log.txt` opened for appending. An object store cannot append (or take a
+    process's output as it comes): there the output goes to a local temporary file, added to
+    `workdir/log.txt` when the run ends."""
+    if not storage.is_remote(workdir):
+        directory = pathlib.Path(workdir)
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / "log.txt", "ab") as log:
+            yield log
+        return
+    remote = storage.workdir_path(workdir) / "log.txt"
+    with tempfile.TemporaryFile() as log:
+        try:
+            yield log
+        finally:
+            log.seek(0)
+            earlier = remote.read_bytes() if remote.exists() else b""
+            storage.write_bytes(remote, earlier + log.read())
 
 
 def run_local(

@@ -30,9 +30,11 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from research import storage
 from research.errors import ConfigError, UserError, WorkdirError
 
 PyTree = Any
@@ -71,7 +73,7 @@ def _preservation_policy(keep: int, best_metric: str | None, best_mode: str):
 
 
 def _open_manager(
-    directory: str,
+    directory: epath.Path,
     *,
     keep: int | None,
     best_metric: str | None,
@@ -134,7 +136,7 @@ def _leaf_shapes(tree: PyTree) -> dict[str, tuple]:
 class CheckpointDamagedError(WorkdirError):
     """A checkpoint step whose files cannot be read, or that reads back other values than saved."""
 
-    def __init__(self, directory: str, step: int, reason: str) -> None:
+    def __init__(self, directory: os.PathLike, step: int, reason: str) -> None:
         super().__init__(f"checkpoint step {step} in {directory} is damaged ({reason})")
         self.step, self.reason = step, reason
 
@@ -167,7 +169,7 @@ def _checksums(tree: PyTree) -> dict[str, str]:
     return sums
 
 
-def _verify(directory: str, step: int, state: PyTree, meta: Mapping) -> None:
+def _verify(directory: os.PathLike, step: int, state: PyTree, meta: Mapping) -> None:
     """Raises CheckpointDamagedError when restored leaves differ from the CRCs saved with them.
 
     Checkpoints written before CRCs were recorded have none and pass unchecked. A leaf restored
@@ -214,7 +216,7 @@ def _drop_abandoned_reads(previous: Callable[[Any], None], unraisable: Any) -> N
 
 
 @contextlib.contextmanager
-def _reading(directory: str, step: int) -> Iterator[None]:
+def _reading(directory: os.PathLike, step: int) -> Iterator[None]:
     """Turns an error raised while reading checkpoint `step` into a CheckpointDamagedError.
 
     A damaged file makes Orbax/TensorStore raise ValueError, JSON/Unicode decode errors or a bare
@@ -288,7 +290,7 @@ class Checkpointer:
             raise ConfigError(f"checkpoint keep={keep}: must be at least 1")
         if best_mode not in _BEST_MODES:
             raise ConfigError(f"checkpoint best_mode={best_mode!r}: must be one of {_BEST_MODES}")
-        self.directory = os.path.abspath(os.fspath(directory))
+        self.directory = storage.workdir_path(directory)  # local, or gs://
         self.best_metric = best_metric
         self.best_mode = best_mode
         self._closed = False
@@ -433,8 +435,8 @@ class Checkpointer:
             return
         if jax.process_index() == 0:
             for error in damaged:
-                aside = _free_name(os.path.join(self.directory, f"{error.step}{_DAMAGED}"))
-                os.replace(os.path.join(self.directory, str(error.step)), aside)
+                aside = _free_name(self.directory / f"{error.step}{_DAMAGED}")
+                storage.move(self.directory / str(error.step), aside)
                 print(
                     f"warning: {error}; moved it to {aside}; resuming from step {resumed_from}",
                     file=sys.stderr,
@@ -481,7 +483,7 @@ class Checkpointer:
 
 
 @contextlib.contextmanager
-def _writing(directory: str) -> Iterator[None]:
+def _writing(directory: os.PathLike) -> Iterator[None]:
     """Re-raises a failed write that TensorStore reports as ValueError (`[os_error_code='28']`)
     as the OSError it is, naming the checkpoint directory, so the entry point can say "No space
     left on device" in one line."""
@@ -494,19 +496,21 @@ def _writing(directory: str) -> Iterator[None]:
         if code is None:
             raise
         number = int(code.group(1))
-        raise OSError(number, os.strerror(number), directory) from e
+        raise OSError(number, os.strerror(number), os.fspath(directory)) from e
 
 
-def _free_name(path: str) -> str:
+def _free_name(path: epath.Path) -> epath.Path:
     """`path`, or `path.2`, `path.3`, ... : the first that does not exist yet."""
     candidate, n = path, 1
-    while os.path.exists(candidate):
+    while candidate.exists():
         n += 1
-        candidate = f"{path}.{n}"
+        candidate = path.with_name(f"{path.name}.{n}")
     return candidate
 
 
-def _read_only_manager(directory: str, best_metric: str | None = None, best_mode: str = "max"):
+def _read_only_manager(
+    directory: epath.Path, best_metric: str | None = None, best_mode: str = "max"
+):
     """A manager that lists and reads another run's checkpoints without touching them."""
     return _open_manager(
         directory,
@@ -518,7 +522,7 @@ def _read_only_manager(directory: str, best_metric: str | None = None, best_mode
     )
 
 
-def _best_step(manager: ocp.CheckpointManager, directory: str) -> int:
+def _best_step(manager: ocp.CheckpointManager, directory: epath.Path) -> int:
     """The best step of a finished run, ranked by the metric recorded in its checkpoints."""
     latest = manager.latest_step()
     meta = manager.restore(latest, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))
@@ -547,8 +551,8 @@ def load_state(
     `abstract_state` restores only those top-level entries (e.g. `{"params": ...,
     "batch_stats": ...}`), so the other run may have used another optimizer.
     """
-    directory = os.path.abspath(os.fspath(directory))
-    if not os.path.isdir(directory):
+    directory = storage.workdir_path(directory)
+    if not directory.is_dir():
         raise WorkdirError(f"init_from: checkpoint directory {directory} does not exist")
     manager = _read_only_manager(directory)
     try:

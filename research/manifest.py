@@ -16,13 +16,14 @@ import platform
 import socket
 import subprocess
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+
+from research import storage
 
 UNKNOWN = "unknown"
 
@@ -64,20 +65,10 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Writes `obj` as pretty JSON (sorted keys) atomically: a reader sees the old or new file."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Writes `obj` as pretty JSON (sorted keys) atomically: a reader sees the old or new file.
+    `path` may be local or on an object store (gs://)."""
     text = json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    storage.write_text(storage.workdir_path(path), text)
 
 
 def _git(args: Sequence[str], cwd: pathlib.Path) -> str | None:

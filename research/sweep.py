@@ -29,7 +29,7 @@ from typing import Any
 import ml_collections
 
 from research import config as config_lib
-from research import manifest
+from research import manifest, storage
 from research.errors import ConfigError
 
 Overrides = dict[str, Any]
@@ -248,7 +248,7 @@ class Run:
 
 def run_status(workdir: str | os.PathLike) -> str:
     """FINISHED if summary.json exists, INTERRUPTED if only checkpoints/ does, else PENDING."""
-    workdir = pathlib.Path(workdir)
+    workdir = storage.workdir_path(workdir)
     if (workdir / "summary.json").is_file():
         return FINISHED
     if (workdir / "checkpoints").is_dir():
@@ -344,7 +344,7 @@ def build_sweep_manifest(
 
 def write_sweep_manifest(sweep_dir: str | os.PathLike, sweep_manifest: dict) -> pathlib.Path:
     """Write DIR/sweep.json; earlier invocations' commands move to its `history`."""
-    path = pathlib.Path(sweep_dir) / "sweep.json"
+    path = storage.workdir_path(sweep_dir) / "sweep.json"
     history = []
     if path.is_file():
         old = json.loads(path.read_text())

@@ -3,42 +3,49 @@
 This is the only module that imports wandb. Only the main process (process 0) writes; the others
 construct the same objects with `is_main=False` so every host runs the same code. Each metrics line
 is written in one call and flushed, so a SIGKILL loses at most the line being written, and a torn
-last line is dropped when the run resumes.
+last line is dropped when the run resumes. An object store (gs://) cannot append: there the lines
+are kept in memory and the object rewritten every FLUSH_S seconds and before every checkpoint,
+so a resumed run's history still reaches its checkpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
 import pathlib
 import re
 import sys
+import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from research import storage
 from research.errors import ConfigError, WorkdirError
 from research.manifest import to_jsonable, write_json
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 WANDB_MODES = ("online", "offline", "disabled")
+FLUSH_S = 30.0  # how often metrics.jsonl on an object store is rewritten during training
 
 
 def run_id(workdir: str | os.PathLike) -> str:
     """A W&B run id that is a pure function of the absolute workdir, so a resume continues it."""
-    path = os.path.abspath(os.path.expanduser(os.fspath(workdir)))
+    path = os.fspath(storage.workdir_path(workdir))
     digest = hashlib.sha256(path.encode("utf-8")).hexdigest()[:12]
     # The readable prefix helps find the run in W&B; the digest makes it unique per path.
     stem = re.sub(r"[^A-Za-z0-9_-]+", "-", os.path.basename(path))[:40].strip("-")
     return f"{stem}-{digest}" if stem else digest
 
 
-def _parse_lines(path: pathlib.Path) -> tuple[list[dict], int]:
+def _parse_lines(path: os.PathLike) -> tuple[list[dict], int]:
     """Complete records of a metrics file and the byte length they occupy.
 
     A last line without a newline, or one that is not valid JSON, is a write cut short by a kill
@@ -64,7 +71,7 @@ def _parse_lines(path: pathlib.Path) -> tuple[list[dict], int]:
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
     """All records of `<workdir>/metrics.jsonl` in order ([] when there is none yet)."""
-    path = pathlib.Path(workdir) / METRICS_FILE
+    path = storage.workdir_path(workdir) / METRICS_FILE
     return _parse_lines(path)[0] if path.exists() else []
 
 
@@ -87,13 +94,18 @@ def resolve_wandb_mode(wandb_mode: str) -> str:
     return mode
 
 
-def _init_wandb(workdir: pathlib.Path, mode: str, config: dict, **init_kwargs: Any):
-    """Starts (or resumes) the W&B run of `workdir`, writing its files under `<workdir>/wandb/`."""
+def _init_wandb(workdir: os.PathLike, mode: str, config: dict, **init_kwargs: Any):
+    """Starts (or resumes) the W&B run of `workdir`, writing its files under `<workdir>/wandb/`
+    (under the temporary directory for a gs:// workdir: W&B writes local files)."""
     import wandb  # Deferred: a disabled tracker should not pay for importing wandb.
 
+    directory = os.fspath(workdir)
+    if storage.is_remote(workdir):
+        directory = os.path.join(tempfile.gettempdir(), run_id(workdir))
+        os.makedirs(directory, exist_ok=True)
     run = wandb.init(
         mode=mode,
-        dir=os.fspath(workdir),
+        dir=directory,
         id=run_id(workdir),
         resume="allow",
         config=config,
@@ -106,6 +118,65 @@ def _init_wandb(workdir: pathlib.Path, mode: str, config: dict, **init_kwargs: A
     run.define_metric("step")
     run.define_metric("*", step_metric="step")
     return run
+
+
+class _AppendedLines:
+    """metrics.jsonl on a local disk: each record appended and flushed as one line."""
+
+    def __init__(self, path: os.PathLike) -> None:
+        self.path = os.fspath(path)
+        if os.path.exists(self.path):  # cut off a line torn by a kill
+            _, complete = _parse_lines(path)
+            if complete != os.path.getsize(self.path):
+                os.truncate(self.path, complete)
+        self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+
+    def append(self, line: str) -> None:
+        # One write of one complete line, then flush: a kill can only tear this very line.
+        self._file.write(line)
+        self._file.flush()
+
+    def rewrite(self, lines: Sequence[str]) -> None:
+        self._file.close()
+        storage.write_text(storage.workdir_path(self.path), "".join(lines))
+        self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+
+    def flush(self) -> None:
+        """Every line is on disk already."""
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _RewrittenObject:
+    """metrics.jsonl on an object store, which has no append: the lines are kept and the whole
+    object written on `flush` (or when FLUSH_S has passed since the last write)."""
+
+    def __init__(self, path: os.PathLike) -> None:
+        self.path = storage.workdir_path(path)
+        records = _parse_lines(self.path)[0] if self.path.exists() else []
+        self._lines = [json.dumps(r) + "\n" for r in records]
+        self._written = time.monotonic()
+        self._dirty = False
+
+    def append(self, line: str) -> None:
+        self._lines.append(line)
+        self._dirty = True
+        if time.monotonic() - self._written > FLUSH_S:
+            self.flush()
+
+    def rewrite(self, lines: Sequence[str]) -> None:
+        self._lines = list(lines)
+        self._dirty = True
+        self.flush()
+
+    def flush(self) -> None:
+        if self._dirty:
+            storage.write_text(self.path, "".join(self._lines))
+            self._written, self._dirty = time.monotonic(), False
+
+    def close(self) -> None:
+        self.flush()
 
 
 class Tracker:
@@ -126,9 +197,9 @@ class Tracker:
         is_main: bool = True,
     ) -> None:
         """Opens `<workdir>/metrics.jsonl` for appending and starts the W&B run (main process)."""
-        self.workdir = pathlib.Path(workdir).absolute()
+        self.workdir = storage.workdir_path(workdir)
         self.is_main = is_main
-        self._file = None
+        self._file: _AppendedLines | _RewrittenObject | None = None
         self._run = None
         self._found_metrics = False
         mode = resolve_wandb_mode(wandb_mode)
@@ -153,18 +224,13 @@ class Tracker:
             )
 
     @property
-    def metrics_path(self) -> pathlib.Path:
+    def metrics_path(self) -> os.PathLike:
         """Where the JSONL metrics go."""
         return self.workdir / METRICS_FILE
 
     def _open_metrics(self) -> None:
-        """Opens the JSONL file for appending, first cutting off a torn last line from a kill."""
-        path = self.metrics_path
-        if path.exists():
-            _, complete = _parse_lines(path)
-            if complete != path.stat().st_size:
-                os.truncate(path, complete)
-        self._file = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        remote = storage.is_remote(self.workdir)
+        self._file = (_RewrittenObject if remote else _AppendedLines)(self.metrics_path)
 
     def truncate_after(self, step: int, first_logged: int = 1) -> None:
         """On resume: drops records with a step after `step` (and any torn line), atomically.
@@ -173,17 +239,12 @@ class Tracker:
         if not self.is_main:
             return
         path = self.metrics_path
-        if self._file is not None:
-            self._file.close()
         records = (
             [r for r in _parse_lines(path)[0] if int(r["step"]) <= step] if path.exists() else []
         )
         if step >= max(first_logged, 1) and not records:
             self._warn_lost_history(step)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-        os.replace(tmp, path)
-        self._open_metrics()
+        self._file.rewrite([json.dumps(r) + "\n" for r in records])
 
     def _warn_lost_history(self, step: int) -> None:
         """One stderr line: the resumed run's JSONL lacks steps 1..`step` and cannot get them back
@@ -197,17 +258,27 @@ class Tracker:
         )
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Appends `{"step": step, **metrics}` as one JSON line (flushed) and mirrors it to W&B."""
+        """Appends `{"step": step, **metrics}` as one JSON line and mirrors it to W&B."""
         for key in metrics:
             if "/" not in key:
                 raise ValueError(f"metric key {key!r} must look like '<split>/<name>'")
         record = {"step": int(step), **{k: _to_float(k, v) for k, v in metrics.items()}}
         if self._file is not None:
-            # One write of one complete line, then flush: a kill can only tear this very line.
-            self._file.write(json.dumps(record) + "\n")
-            self._file.flush()
+            self._file.append(json.dumps(record) + "\n")
         if self._run is not None:
             self._run.log(record)
+
+    def flush(self) -> None:
+        """Makes every logged record readable in metrics.jsonl (needed only on object stores)."""
+        if self._file is not None:
+            self._file.flush()
+
+    def history(self) -> list[dict]:
+        """Every record of metrics.jsonl, including those just logged ([] off process 0)."""
+        if not self.is_main:
+            return []
+        self.flush()
+        return read_metrics(self.workdir)
 
     def write_summary(self, summary: Mapping) -> None:
         """Writes `summary.json` (pretty, sorted keys, atomic) and sets the W&B run summary."""
@@ -224,11 +295,11 @@ class Tracker:
             return
         import wandb  # Already imported by _init_wandb when a run exists.
 
-        images = {f"plots/{pathlib.Path(p).stem}": wandb.Image(os.fspath(p)) for p in paths}
+        images = {f"plots/{pathlib.Path(p).stem}": wandb.Image(_image(p)) for p in paths}
         self._run.log(images if step is None else {"step": int(step), **images})
 
     def close(self) -> None:
-        """Closes the metrics file and finishes the W&B run; safe to call twice."""
+        """Writes out and closes the metrics file and finishes the W&B run; safe to call twice."""
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -241,6 +312,15 @@ class Tracker:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _image(path: str | os.PathLike) -> Any:
+    """What wandb.Image takes: a local file's path, or the decoded image of a remote one."""
+    if not storage.is_remote(path):
+        return os.fspath(path)
+    from PIL import Image
+
+    return Image.open(io.BytesIO(storage.workdir_path(path).read_bytes()))
 
 
 def _format_postfix(value: Any) -> str:

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import gcs_emulator
 import pytest
 
 from research import backends, sweep
@@ -46,8 +47,10 @@ def get_sweep(arg=None):
 '''
 
 
-def _launch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled", "JAX_PLATFORMS": "cpu"}
+def _launch(
+    *args: str, timeout: float = 120, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "JAX_PLATFORMS": "cpu", **(env or {})}
     return subprocess.run(
         [sys.executable, "launch/sweep.py", *args],
         cwd=ROOT,
@@ -242,14 +245,17 @@ def test_slurm_dry_run_prints_parameters_and_commands(tmp_path):
 
 
 def test_tpu_dry_run_prints_gcloud_commands(tmp_path):
-    out = _launch(
-        "--config=configs/fundamentals/optimizers.py:sgd",
-        "--workdir=gs://bucket/opt",
-        "--backend=tpu",
-        "--tpu_name=pod",
-        "--zone=us-central2-b",
-        "--dry-run",
-    )
+    with gcs_emulator.start("bucket") as (url, env):  # the runs' states are read from gs://
+        out = _launch(
+            "--config=configs/fundamentals/optimizers.py:sgd",
+            "--workdir=gs://bucket/opt",
+            "--backend=tpu",
+            "--tpu_name=pod",
+            "--zone=us-central2-b",
+            "--dry-run",
+            env=env,
+        )
+        assert gcs_emulator.list_objects(url, "bucket", "") == []  # a dry run writes nothing
     assert out.returncode == 0, out.stderr
     commands = [shlex.split(line) for line in out.stdout.splitlines() if line.startswith("gcloud")]
     assert len(commands) == 8

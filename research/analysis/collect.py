@@ -11,21 +11,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
 
 from research import config as config_lib
-from research import tracking
+from research import storage, tracking
 from research.analysis import plots
 from research.errors import WorkdirError
 
 CONFIG_FILE = "config.json"
 REPORT_DIR = "report"
+_NO_RUNS_INSIDE = ("checkpoints", "plots", "wandb", REPORT_DIR)  # a run's own subdirectories
 # Keys that never define a group: seeds and cross-validation folds are averaged over; the rest
 # say how a run executed.
 EXCLUDED_KEYS = ("seed", "data.subset_seed", "data.fold") + config_lib.RUNTIME_KEYS
@@ -55,21 +58,37 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def find_runs(root: str | Path) -> list[Path]:
+def find_runs(root: str | os.PathLike) -> list[Path]:
     """Every directory under `root` (itself included) with config.json and summary.json, sorted."""
-    root = Path(root)
+    root = storage.workdir_path(root)
     found = {
         path.parent
-        for path in root.rglob(CONFIG_FILE)
+        for path in _config_files(root)
         if (path.parent / tracking.SUMMARY_FILE).is_file()
     }
     # Our own output directory never holds runs; skipping it keeps reruns of the report stable.
     return sorted(p for p in found if REPORT_DIR not in p.relative_to(root).parts)
 
 
-def load_run(path: str | Path) -> Run:
+def _config_files(root: epath.Path) -> Iterator[epath.Path]:
+    """Every config.json under `root`. An object store refuses recursive globs: there the
+    directories are listed level by level, skipping those that never hold runs."""
+    if not storage.is_remote(root):  # epath refuses `**` even on disks
+        yield from (epath.Path(p) for p in Path(root).rglob(CONFIG_FILE))
+        return
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        for path in directory.iterdir():
+            if path.name == CONFIG_FILE:
+                yield path
+            elif path.name not in _NO_RUNS_INSIDE and path.is_dir():
+                pending.append(path)
+
+
+def load_run(path: str | os.PathLike) -> Run:
     """Reads one run's config, summary and metrics; a file that is not JSON is a WorkdirError."""
-    path = Path(path)
+    path = storage.workdir_path(path)
     try:
         config = json.loads((path / CONFIG_FILE).read_text())
         summary = json.loads((path / tracking.SUMMARY_FILE).read_text())
@@ -78,9 +97,9 @@ def load_run(path: str | Path) -> Run:
     return Run(path, flatten(config), summary, tracking.read_metrics(path))
 
 
-def collect(root: str | Path) -> list[Run]:
+def collect(root: str | os.PathLike) -> list[Run]:
     """All runs under `root`; a directory without any is a user error (wrong path, unfinished)."""
-    root = Path(root)
+    root = storage.workdir_path(root)
     if not root.is_dir():
         raise WorkdirError(f"{root}: no such directory")
     paths = find_runs(root)
@@ -204,10 +223,8 @@ def plot_curves(
     ax.set_ylabel(metric)
     ax.set_title(f"{metric}, mean over seeds")
     ax.legend(fontsize=7)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return storage.save_figure(fig, storage.workdir_path(path), dpi=100)
 
 
 def curves_path(outdir: Path, metric: str) -> Path:
@@ -292,7 +309,5 @@ def plot_convergence(
     by_time.set_title(f"{metric} against the wall time")
     if keys:
         by_step.legend(fontsize=7)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return storage.save_figure(fig, storage.workdir_path(path), dpi=100)

@@ -10,6 +10,7 @@ import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
 
+from research import storage
 from research.optim import layer_decay
 
 SPLIT_COLORS = {"train": "C0", "eval": "C1", "test": "C2"}  # the same colour in every panel
@@ -155,7 +156,5 @@ def confusion_matrix(matrix: np.ndarray, path: Path, class_names: Sequence[str] 
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return storage.save_figure(fig, path, dpi=100)

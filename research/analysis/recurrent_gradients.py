@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
 
+from research import storage
 from research.errors import ConfigError
 from research.models.layers import dense
 from research.models.recurrent import RecurrentNet, _as_sequence, make_cell
@@ -139,7 +140,4 @@ def plot_hidden_gradients(
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    return path
+    return storage.save_figure(fig, storage.workdir_path(path), dpi=120, bbox_inches="tight")

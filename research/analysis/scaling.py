@@ -25,6 +25,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
 from scipy import optimize
 
+from research import storage
 from research.analysis.collect import Run, is_number
 from research.errors import ConfigError, WorkdirError
 
@@ -184,10 +185,8 @@ def plot_fit(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return storage.save_figure(fig, storage.workdir_path(path), dpi=100)
 
 
 def scaling_report(

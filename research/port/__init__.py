@@ -25,6 +25,7 @@ from typing import Any
 import flax.linen as nn
 import numpy as np
 
+from research import storage
 from research.errors import ConfigError, WorkdirError
 from research.models import MODELS
 from research.port import torchvision as _torchvision
@@ -135,7 +136,7 @@ def write_checkpoint(
 
     check(source, arch)
     path = require_file(path, how_to_get(source, arch, path))
-    output = Path(output)
+    output = storage.workdir_path(output)
     digest = sha256(path)
     existing = _existing_port(output)
     if existing is not None:

@@ -27,7 +27,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
 
-from research import data
+from research import data, storage
 from research.analysis import collect
 from research.errors import ConfigError
 from research.tasks import ClassificationTask
@@ -340,9 +340,8 @@ def plot_gradcam(
     columns: int = 4,
 ) -> Path:
     """The Grad-CAM figure (see `gradcam_figure`) saved as a PNG at `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    gradcam_figure(images, cam, labels, layer=layer, columns=columns).savefig(path, dpi=100)
-    return path
+    fig = gradcam_figure(images, cam, labels, layer=layer, columns=columns)
+    return storage.save_figure(fig, path, dpi=100)
 
 
 def gradcam_figure(
@@ -438,7 +437,5 @@ def _top_level_modules(table: Sequence[dict]) -> list[str]:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return storage.save_figure(fig, path, dpi=100)

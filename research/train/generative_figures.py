@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
 
+from research import storage
 from research.analysis import anomaly
 from research.tasks import autoencoding as ae
 from research.train.artifacts import embed, plot_embedding
@@ -222,7 +223,5 @@ def _show(ax: Any, image: np.ndarray) -> None:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return storage.save_figure(fig, path, dpi=100)

@@ -9,20 +9,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 
 from research import config as cfg
-from research import data
+from research import data, storage
 from research.checkpoint import Checkpointer
 from research.errors import DivergedError
 from research.manifest import build_manifest
 from research.optim import rules
-from research.tracking import Progress, Tracker, read_metrics, resolve_wandb_mode
+from research.tracking import Progress, Tracker, resolve_wandb_mode
 from research.train import (
     artifacts,
     continual,
@@ -56,7 +57,7 @@ class _Context:
     """What one call of the loop works with, besides the state itself."""
 
     run: Run
-    workdir: Path
+    workdir: epath.Path
     ckpt: Checkpointer
     tracker: Tracker
     batches: Any  # the training iterator (its position is checkpointed)
@@ -70,9 +71,10 @@ class _Context:
         return self.seconds_before + time.monotonic() - self.started
 
 
-def train_and_evaluate(config: Any, workdir: str | Path) -> RunResult:
-    """Train `config` into `workdir`, resuming from the workdir's latest checkpoint if any."""
-    workdir = Path(workdir)
+def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> RunResult:
+    """Train `config` into `workdir` (a local path or gs://...), resuming from the workdir's
+    latest checkpoint if any."""
+    workdir = storage.workdir_path(workdir)
     run = build_run(config)
     artifacts.check_config(run)
     generative_artifacts.check_config(run)
@@ -120,7 +122,7 @@ def _watchers(run: Run, meta: dict) -> tuple[Monitor, DivergenceGuard, float]:
 
 
 def _initial_state(
-    run: Run, directory: Path, stack: contextlib.ExitStack
+    run: Run, directory: epath.Path, stack: contextlib.ExitStack
 ) -> tuple[Checkpointer, Any, Any, int, dict]:
     """(checkpointer, device state, train batches, first step, the checkpoint's metadata):
     resumed, warm-started or fresh ({} for metadata).
@@ -169,7 +171,7 @@ def _make_monitor(run: Run, state: dict) -> Monitor:
     )
 
 
-def _make_checkpointer(run: Run, directory: Path) -> Checkpointer:
+def _make_checkpointer(run: Run, directory: epath.Path) -> Checkpointer:
     c = run.config.checkpoint
     return Checkpointer(
         directory,
@@ -186,7 +188,7 @@ def _manifest(run: Run) -> dict:
     return manifest
 
 
-def _make_tracker(run: Run, workdir: Path, config_json: str, manifest: dict) -> Tracker:
+def _make_tracker(run: Run, workdir: epath.Path, config_json: str, manifest: dict) -> Tracker:
     t = run.config.tracking
     return Tracker(
         workdir,
@@ -299,6 +301,7 @@ def _fetch(run: Run, metrics: dict) -> dict[str, float]:
 
 
 def _save(ctx: _Context, state: Any, step: int, metrics: dict | None) -> None:
+    ctx.tracker.flush()  # on an object store: the history up to this checkpoint, written out
     ctx.ckpt.save(
         step,
         ctx.run.par.from_device(state),
@@ -350,10 +353,10 @@ def _finish(ctx: _Context, state: Any, eval_metrics: dict) -> dict:
     test_metrics, test_sums = evaluation.evaluate(run, state, "test", task_id=task)
     # Only process 0 writes metrics.jsonl, so only it reads the file back (other hosts may not
     # share the filesystem, or may read it mid-write); their summary lacks the logged history.
-    if not (_is_main() and evaluation.has_final_metrics(read_metrics(ctx.workdir), step)):
+    if not (_is_main() and evaluation.has_final_metrics(ctx.tracker.history(), step)):
         final = {**eval_metrics, **test_metrics, "eval/wall_time": ctx.wall_time()}
         ctx.tracker.log(step, final)  # once: a rerun logs nothing new
-    rows = read_metrics(ctx.workdir) if _is_main() else []
+    rows = ctx.tracker.history()
     c = run.config.checkpoint
     summary = evaluation.summarize(
         rows, step, eval_metrics, test_metrics, c.best_metric, c.best_mode

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
 
-from research import data
+from research import data, storage
 from research.analysis import recurrent_gradients
 from research.models.recurrent import RecurrentNet
 from research.tasks import LanguageModelTask, RegressionTask, SequenceClassificationTask
@@ -176,7 +176,5 @@ def _hidden_gradients(run: Run, params: Any, batch: dict) -> dict[str, np.ndarra
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return storage.save_figure(fig, path, dpi=120)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -17,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from research import config as cfg
-from research import data
+from research import data, storage
 from research.data import sequences
 from research.data.subsets import SubsetSource, labels_of
 from research.errors import ConfigError
@@ -202,7 +201,7 @@ def _abstract_params(model: nn.Module, inputs: jax.Array) -> Any:
 
 def _check_init_from(config: Any) -> None:
     path, strategy = config.init_from, config.transfer.strategy
-    if path and not Path(path).exists():
+    if path and not storage.workdir_path(path).exists():
         raise ConfigError(f"init_from: '{path}' does not exist (a run's workdir or checkpoints/)")
     if not path and strategy not in ("none", "scratch"):
         raise ConfigError(f"transfer.strategy='{strategy}' needs init_from (the source weights)")

@@ -15,6 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from research import storage
 from research.checkpoint import load_state
 from research.errors import ConfigError
 from research.models import get_model
@@ -60,7 +61,7 @@ def load_teacher(distill: Any, num_outputs: int, sample_inputs: jax.Array) -> Te
     """The teacher named by `distill.teacher` (a run's workdir), or None without one."""
     if not distill.teacher:
         return None
-    workdir = Path(distill.teacher)
+    workdir = storage.workdir_path(distill.teacher)
     config_path = workdir / "config.json"
     if not config_path.is_file():
         raise ConfigError(f"distill.teacher: {workdir} holds no config.json (a finished run)")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import flax
@@ -30,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from research import storage
 from research.checkpoint import load_state
 from research.config import from_json
 from research.data import ArraySource, eval_batches
@@ -191,7 +191,7 @@ def load_source(config: Any, abstract_variables: dict) -> dict:
     when `replaces_head`, so a 1000-class source fits a 5-class run.
     """
     t = config.transfer
-    path = Path(config.init_from)
+    path = storage.workdir_path(config.init_from)
     directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     target = dict(abstract_variables)
     if replaces_head(config):
@@ -272,7 +272,7 @@ class SourceRun:
     def __init__(self, config: Any):
         from research.train.setup import build_run  # setup imports this module
 
-        workdir = Path(config.init_from)
+        workdir = storage.workdir_path(config.init_from)
         if workdir.name == "checkpoints":
             workdir = workdir.parent
         if not (workdir / "config.json").is_file():

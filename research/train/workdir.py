@@ -5,15 +5,17 @@ Checks come first and write nothing, so a refused start leaves the workdir as it
 
 import json
 import os
-from pathlib import Path
+
+from etils import epath
 
 from research import config as cfg
+from research import storage
 from research.errors import WorkdirError
 from research.manifest import write_json
 from research.optim import rules
 
 
-def check_workdir(workdir: Path, config_json: str) -> None:
+def check_workdir(workdir: epath.Path, config_json: str) -> None:
     """Raise WorkdirError if `workdir` is not a directory or holds a run of another config."""
     if workdir.exists() and not workdir.is_dir():
         raise WorkdirError(f"--workdir {workdir} exists and is not a directory")
@@ -35,10 +37,13 @@ def check_workdir(workdir: Path, config_json: str) -> None:
         )
 
 
-def _check_writable(workdir: Path) -> None:
+def _check_writable(workdir: epath.Path) -> None:
     """Refuse a workdir that cannot be written (a read-only mount, another user's directory)
-    before anything runs, rather than failing at the first checkpoint."""
-    existing = workdir.absolute()
+    before anything runs, rather than failing at the first checkpoint. An object store's
+    permissions show only when writing: the first write names them there."""
+    if storage.is_remote(workdir):
+        return
+    existing = workdir
     while not existing.exists():
         existing = existing.parent
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -49,7 +54,7 @@ def _check_writable(workdir: Path) -> None:
 
 
 def write_run_files(
-    workdir: Path,
+    workdir: epath.Path,
     config_json: str,
     manifest: dict,
     param_table: list[dict],
@@ -66,18 +71,12 @@ def write_run_files(
     write_json(workdir / "config.json", json.loads(config_json))
     manifest = {**manifest, "history": _history(workdir / "manifest.json")}
     write_json(workdir / "manifest.json", manifest)
-    _write_text(workdir / "param_rules.txt", rules.format_table(param_table) + "\n")
+    storage.write_text(workdir / "param_rules.txt", rules.format_table(param_table) + "\n")
     if vocabulary_json is not None:
-        _write_text(workdir / "vocab.json", vocabulary_json)
+        storage.write_text(workdir / "vocab.json", vocabulary_json)
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def _history(path: Path) -> list[dict]:
+def _history(path: epath.Path) -> list[dict]:
     """The earlier invocations recorded in an existing manifest, oldest first."""
     if not path.exists():
         return []

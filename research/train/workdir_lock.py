@@ -7,6 +7,10 @@ and stops with a WorkdirInUseError naming the owner. A lock is stale, and taken 
 warning, when its owner is gone: on the same host, its pid no longer runs the process that wrote
 it; on another host (a shared filesystem), the owner stopped refreshing the file's modification
 time, which it does every `heartbeat_s` while it runs.
+
+An object store (gs://) has no exclusive create: there the lock is written after checking that
+none is held, so two starters within the same second can both pass (sweeps and resubmissions
+start minutes apart; the scheduler check in launch/sweep.py covers those).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from research import storage
 from research.errors import WorkdirError
 
 LOCK_NAME = "lock"
@@ -93,7 +98,8 @@ class WorkdirLock:
         heartbeat_s: float = HEARTBEAT_S,
         stale_after_s: float = STALE_AFTER_S,
     ) -> None:
-        self.workdir = Path(workdir)
+        self.workdir = storage.workdir_path(workdir)
+        self._remote = storage.is_remote(self.workdir)
         self.path = self.workdir / LOCK_NAME
         self._heartbeat_s = heartbeat_s
         self._stale_after_s = stale_after_s
@@ -116,12 +122,18 @@ class WorkdirLock:
             self._thread.join()
         if self._read() == self._owner:  # never remove a lock someone else took over
             self.path.unlink(missing_ok=True)
-        if self._created_workdir and not any(self.workdir.iterdir()):
+        # An object store has no empty directories: nothing to remove there.
+        if self._created_workdir and not self._remote and not any(self.workdir.iterdir()):
             self.workdir.rmdir()
 
     def _acquire(self) -> None:
         self._owner = this_process()
         text = json.dumps(self._owner)
+        if self._remote:
+            if self.path.exists():
+                self._check_holder()
+            self.path.write_text(text)
+            return
         for _ in range(3):  # another starter may remove or take a stale lock at the same time
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -136,7 +148,7 @@ class WorkdirLock:
     def _check_holder(self) -> None:
         """Raise if the lock's owner is alive; otherwise remove the stale lock, with a warning."""
         try:
-            age = time.time() - self.path.stat().st_mtime
+            age = time.time() - self.path.stat().mtime
         except FileNotFoundError:
             return  # released meanwhile: try again
         owner = self._read()
@@ -167,4 +179,8 @@ class WorkdirLock:
         while not self._stop.wait(self._heartbeat_s):
             # Gone (taken over, or the workdir removed): nothing left to refresh.
             with contextlib.suppress(OSError):
-                os.utime(self.path)
+                if self._remote:  # an object's modification time changes only on a write
+                    if self._read() == self._owner:
+                        self.path.write_text(json.dumps(self._owner))
+                else:
+                    os.utime(self.path)
