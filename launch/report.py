@@ -177,11 +177,12 @@ def _hidden_gradients(runs: list, keys: list[str]) -> dict[str, list]:
     """The trained models' ||dL/dh_t|| of every run that saved them, labelled by `keys`."""
     import json  # noqa: PLC0415
 
+    from research import rundir  # noqa: PLC0415
     from research.analysis import collect  # noqa: PLC0415
 
     norms = {}
     for run in runs:
-        path = run.path / "plots" / "hidden_gradients.json"
+        path = rundir.RunDir(run.path).plots / "hidden_gradients.json"
         if path.is_file():
             label = collect.group_label(keys, tuple(run.config.get(k) for k in keys))
             norms[f"{label} ({run.path.name})" if label in norms else label] = json.loads(

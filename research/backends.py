@@ -14,9 +14,9 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO
 
-from research import storage
+from research import rundir, storage
 from research.errors import EXIT_DIVERGED, EXIT_OK, EXIT_PREEMPTED, EXIT_USER_ERROR
-from research.sweep import REPO_ROOT, Run
+from research.sweep import REPO_ROOT, PlannedRun
 
 
 def exit_status(code: int) -> str:
@@ -66,10 +66,10 @@ def _log_file(workdir: str | os.PathLike) -> Iterator[IO[bytes]]:
     if not storage.is_remote(workdir):
         directory = pathlib.Path(workdir)
         directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / "log.txt", "ab") as log:
+        with open(directory / rundir.LOG, "ab") as log:
             yield log
         return
-    remote = storage.workdir_path(workdir) / "log.txt"
+    remote = rundir.RunDir.at(workdir).log
     with tempfile.TemporaryFile() as log:
         try:
             yield log
@@ -80,9 +80,9 @@ def _log_file(workdir: str | os.PathLike) -> Iterator[IO[bytes]]:
 
 
 def run_local(
-    commands: Sequence[tuple[Run, list[str]]],
+    commands: Sequence[tuple[PlannedRun, list[str]]],
     parallel: int = 1,
-    on_done: Callable[[Run, str], None] | None = None,
+    on_done: Callable[[PlannedRun, str], None] | None = None,
     devices: Sequence[str] = (),
 ) -> dict[str, str]:
     """Run the commands `parallel` at a time (one per device when `devices` are given: then as

@@ -16,9 +16,10 @@ import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from research import rundir
 from research.config import config_function
 from research.errors import ConfigError
-from research.sweep import PENDING, Run, run_name
+from research.sweep import PENDING, PlannedRun, run_name
 
 SPACE_KINDS = ("float", "int", "categorical")
 
@@ -59,7 +60,7 @@ def suggest(trial: Any, space: Mapping[str, tuple]) -> dict[str, Any]:
 
 def objective_value(workdir: str, objective: str) -> float | None:
     """The finished run's `summary.json[objective]`, or None if it did not finish."""
-    path = pathlib.Path(workdir) / "summary.json"
+    path = rundir.RunDir.at(workdir).summary
     if not path.exists():
         return None
     summary = json.loads(path.read_text())
@@ -76,7 +77,7 @@ def run_study(
     objective: str,
     direction: str,
     seed: int,
-    launch: Callable[[Run], str],
+    launch: Callable[[PlannedRun], str],
 ) -> Any:
     """Run trials until the study holds `trials` finished ones; `launch(run)` trains one run
     and returns its status word. Returns the optuna study."""
@@ -106,7 +107,7 @@ def _completed(study: Any, optuna: Any) -> int:
 def _finish(study, number: int, overrides, sweep_dir, objective, launch) -> None:
     """Train the trial's run and tell the study its objective (or that it failed)."""
     name = run_name(overrides)
-    run = Run(name, dict(overrides), str(sweep_dir / name), PENDING)
+    run = PlannedRun(name, dict(overrides), str(sweep_dir / name), PENDING)
     status = launch(run)
     value = objective_value(run.workdir, objective)
     if value is None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from research.backends import exit_status, run_one
 from research.errors import EXIT_OK, EXIT_PREEMPTED, ConfigError, UserError
-from research.sweep import Run
+from research.sweep import PlannedRun
 
 JOBS_FILE = "jobs.json"
 # How long the submitit process waits, after the time-limit signal, for the trainer to save and
@@ -199,7 +199,9 @@ def _undo_on_failure(folder: pathlib.Path) -> Iterator[None]:
 
 
 def submit(
-    commands: Sequence[tuple[Run, list[str]]], params: Mapping[str, Any], folder: pathlib.Path
+    commands: Sequence[tuple[PlannedRun, list[str]]],
+    params: Mapping[str, Any],
+    folder: pathlib.Path,
 ) -> dict[str, str]:
     """Submit one job array (one element per run); returns run name -> job id, also recorded in
     `folder/jobs.json`. A rejected submission raises SubmissionError and leaves no files."""

@@ -29,14 +29,13 @@ from typing import Any
 import ml_collections
 
 from research import config as config_lib
-from research import manifest, storage
+from research import manifest, rundir, storage
 from research.errors import ConfigError
 
 Overrides = dict[str, Any]
 
-FINISHED = "finished"  # summary.json exists: skipped
-INTERRUPTED = "interrupted"  # checkpoints/ without summary.json: rerunning resumes it
-PENDING = "pending"
+# FINISHED runs are skipped; rerunning an INTERRUPTED one resumes it.
+FINISHED, INTERRUPTED, PENDING = rundir.FINISHED, rundir.INTERRUPTED, rundir.PENDING
 
 # Run names longer than this are cut and get a hash suffix (file names are limited to 255 bytes,
 # and long names are unreadable in tables anyway).
@@ -237,7 +236,7 @@ def load_sweep(config_path: str | os.PathLike, arg: str | None = None) -> list[O
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
+class PlannedRun:
     """One run of a sweep: its name, overrides, workdir and status before launching."""
 
     name: str
@@ -248,15 +247,10 @@ class Run:
 
 def run_status(workdir: str | os.PathLike) -> str:
     """FINISHED if summary.json exists, INTERRUPTED if only checkpoints/ does, else PENDING."""
-    workdir = storage.workdir_path(workdir)
-    if (workdir / "summary.json").is_file():
-        return FINISHED
-    if (workdir / "checkpoints").is_dir():
-        return INTERRUPTED
-    return PENDING
+    return rundir.status(workdir)
 
 
-def plan(sweep_dir: str | os.PathLike, sweep: Sequence[Mapping[str, Any]]) -> list[Run]:
+def plan(sweep_dir: str | os.PathLike, sweep: Sequence[Mapping[str, Any]]) -> list[PlannedRun]:
     """Name every run, place it under `sweep_dir`, and classify it from what is on disk."""
     sweep_dir = os.fspath(sweep_dir).rstrip("/")
     runs, seen = [], {}
@@ -266,7 +260,7 @@ def plan(sweep_dir: str | os.PathLike, sweep: Sequence[Mapping[str, Any]]) -> li
             raise ConfigError(f"the sweep lists the same run twice: {dict(overrides)}")
         seen[name] = overrides
         workdir = f"{sweep_dir}/{name}"
-        runs.append(Run(name, dict(overrides), workdir, run_status(workdir)))
+        runs.append(PlannedRun(name, dict(overrides), workdir, run_status(workdir)))
     return runs
 
 
@@ -289,7 +283,10 @@ def tracking_overrides(
 
 
 def train_argv(
-    config: str, run: Run, extra: Mapping[str, Any] | None = None, python: str = sys.executable
+    config: str,
+    run: PlannedRun,
+    extra: Mapping[str, Any] | None = None,
+    python: str = sys.executable,
 ) -> list[str]:
     """The train.py command line of one run (an argv list, no shell quoting needed)."""
     overrides = {**run.overrides, **(extra or {})}
@@ -322,7 +319,7 @@ def build_sweep_manifest(
     argv: Sequence[str],
     config: str,
     base: ml_collections.ConfigDict,
-    runs: Sequence[Run],
+    runs: Sequence[PlannedRun],
 ) -> dict:
     """What reproduces the sweep: command, base config, every run's overrides, code and packages."""
     git = manifest.git_info(REPO_ROOT)

@@ -26,12 +26,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from research import storage
+from research import rundir, storage
 from research.errors import ConfigError, WorkdirError
 from research.manifest import to_jsonable, write_json
 
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
+METRICS_FILE, SUMMARY_FILE = rundir.METRICS, rundir.SUMMARY
 WANDB_MODES = ("online", "offline", "disabled")
 FLUSH_S = 30.0  # how often metrics.jsonl on an object store is rewritten during training
 

@@ -388,7 +388,9 @@ def test_local_runs_get_one_gpu_each(tmp_path):
     (tmp_path / "locks").mkdir()
     os.environ["LOCKS"] = str(tmp_path / "locks")
     try:
-        runs = [sweep.Run(f"r{i}", {}, str(tmp_path / f"r{i}"), sweep.PENDING) for i in range(5)]
+        runs = [
+            sweep.PlannedRun(f"r{i}", {}, str(tmp_path / f"r{i}"), sweep.PENDING) for i in range(5)
+        ]
         commands = [(run, [sys.executable, "-c", script]) for run in runs]
         statuses = backends.run_local(commands, devices=["0", "1"])
     finally:

@@ -22,13 +22,13 @@ from etils import epath
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
 
 from research import config as config_lib
-from research import storage, tracking
+from research import rundir, storage, tracking
 from research.analysis import plots
 from research.errors import WorkdirError
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = rundir.CONFIG
 REPORT_DIR = "report"
-_NO_RUNS_INSIDE = ("checkpoints", "plots", "wandb", REPORT_DIR)  # a run's own subdirectories
+_NO_RUNS_INSIDE = (*rundir.RUN_SUBDIRECTORIES, REPORT_DIR)
 # Keys that never define a group: seeds and cross-validation folds are averaged over; the rest
 # say how a run executed.
 EXCLUDED_KEYS = ("seed", "data.subset_seed", "data.fold") + config_lib.RUNTIME_KEYS
@@ -37,7 +37,7 @@ DEFAULT_CURVES = ("eval/accuracy", "eval/loss", "train/loss", "train/accuracy")
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
+class FinishedRun:
     """One finished run: its workdir, flattened config, summary and metric records."""
 
     path: Path
@@ -62,9 +62,7 @@ def find_runs(root: str | os.PathLike) -> list[Path]:
     """Every directory under `root` (itself included) with config.json and summary.json, sorted."""
     root = storage.workdir_path(root)
     found = {
-        path.parent
-        for path in _config_files(root)
-        if (path.parent / tracking.SUMMARY_FILE).is_file()
+        path.parent for path in _config_files(root) if rundir.RunDir(path.parent).summary.is_file()
     }
     # Our own output directory never holds runs; skipping it keeps reruns of the report stable.
     return sorted(p for p in found if REPORT_DIR not in p.relative_to(root).parts)
@@ -86,18 +84,18 @@ def _config_files(root: epath.Path) -> Iterator[epath.Path]:
                 pending.append(path)
 
 
-def load_run(path: str | os.PathLike) -> Run:
+def load_run(path: str | os.PathLike) -> FinishedRun:
     """Reads one run's config, summary and metrics; a file that is not JSON is a WorkdirError."""
-    path = storage.workdir_path(path)
+    run = rundir.RunDir.at(path)
     try:
-        config = json.loads((path / CONFIG_FILE).read_text())
-        summary = json.loads((path / tracking.SUMMARY_FILE).read_text())
+        config = json.loads(run.config.read_text())
+        summary = json.loads(run.summary.read_text())
     except (OSError, ValueError) as e:
-        raise WorkdirError(f"{path}: cannot read run files: {e}") from None
-    return Run(path, flatten(config), summary, tracking.read_metrics(path))
+        raise WorkdirError(f"{run.root}: cannot read run files: {e}") from None
+    return FinishedRun(run.root, flatten(config), summary, tracking.read_metrics(run.root))
 
 
-def collect(root: str | os.PathLike) -> list[Run]:
+def collect(root: str | os.PathLike) -> list[FinishedRun]:
     """All runs under `root`; a directory without any is a user error (wrong path, unfinished)."""
     root = storage.workdir_path(root)
     if not root.is_dir():
@@ -120,7 +118,7 @@ def _hashable(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def swept_keys(runs: Sequence[Run]) -> list[str]:
+def swept_keys(runs: Sequence[FinishedRun]) -> list[str]:
     """Config keys whose values differ between runs (a key missing in some runs counts as
     differing), excluding seeds, folds, runtime keys and step counts derived from epochs; sorted
     so tables have a stable column order."""
@@ -133,7 +131,7 @@ def swept_keys(runs: Sequence[Run]) -> list[str]:
     return swept
 
 
-def _derived(key: str, runs: Sequence[Run]) -> bool:
+def _derived(key: str, runs: Sequence[FinishedRun]) -> bool:
     """A `<name>_steps` that every run derived from its `<name>_epochs` (it differs because the
     training sets differ, e.g. across folds, not because it was swept)."""
     if not key.endswith("_steps"):
@@ -142,9 +140,9 @@ def _derived(key: str, runs: Sequence[Run]) -> bool:
     return all(run.config.get(epochs) is not None for run in runs)
 
 
-def group_runs(runs: Iterable[Run], keys: Sequence[str]) -> dict[tuple, list[Run]]:
+def group_runs(runs: Iterable[FinishedRun], keys: Sequence[str]) -> dict[tuple, list[FinishedRun]]:
     """Runs grouped by their values of `keys`, groups in sorted order of those values."""
-    groups: dict[tuple, list[Run]] = defaultdict(list)
+    groups: dict[tuple, list[FinishedRun]] = defaultdict(list)
     for run in runs:
         groups[tuple(_freeze(run.config.get(k)) for k in keys)].append(run)
     try:  # numbers and tuples of numbers sort by value (width 4 before 16)
@@ -167,7 +165,7 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def numeric_metrics(runs: Iterable[Run]) -> list[str]:
+def numeric_metrics(runs: Iterable[FinishedRun]) -> list[str]:
     """Summary keys `<split>/<name>` holding a number in some run; step counters left out."""
     names = {
         key
@@ -183,7 +181,7 @@ def group_label(keys: Sequence[str], values: Sequence[Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True)) or "all runs"
 
 
-def mean_curve(runs: Iterable[Run], metric: str) -> tuple[np.ndarray, np.ndarray]:
+def mean_curve(runs: Iterable[FinishedRun], metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Steps and the mean over runs (seeds) of `metric` at each step any run logged it."""
     by_step: dict[int, list[float]] = defaultdict(list)
     for run in runs:
@@ -195,14 +193,14 @@ def mean_curve(runs: Iterable[Run], metric: str) -> tuple[np.ndarray, np.ndarray
     return np.asarray(steps), np.asarray([np.mean(by_step[s]) for s in steps])
 
 
-def curve_metrics(runs: Sequence[Run], wanted: Sequence[str] = DEFAULT_CURVES) -> list[str]:
+def curve_metrics(runs: Sequence[FinishedRun], wanted: Sequence[str] = DEFAULT_CURVES) -> list[str]:
     """The metrics in `wanted` that at least one run logged in metrics.jsonl."""
     logged = {key for run in runs for record in run.metrics for key in record}
     return [m for m in wanted if m in logged]
 
 
 def plot_curves(
-    groups: Mapping[tuple, Sequence[Run]], keys: Sequence[str], metric: str, path: Path
+    groups: Mapping[tuple, Sequence[FinishedRun]], keys: Sequence[str], metric: str, path: Path
 ) -> Path | None:
     """One line per group: the seed-mean of `metric` against the step, a loss on a log axis
     (`plots.set_metric_yscale`). None if nothing logged."""
@@ -232,7 +230,7 @@ def curves_path(outdir: Path, metric: str) -> Path:
     return outdir / f"curves_{metric.replace('/', '_')}.png"
 
 
-def convergence(run: Run, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def convergence(run: FinishedRun, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Steps, values of `metric` and the wall time of each (NaN where a record has none).
 
     The wall time is `<split>/wall_time` in the same record: seconds of training, summed over
@@ -257,7 +255,7 @@ def lower_is_better(metric: str) -> bool:
     return metric.rpartition("/")[2] in LOWER_IS_BETTER
 
 
-def steps_to(run: Run, metric: str, target: float) -> float:
+def steps_to(run: FinishedRun, metric: str, target: float) -> float:
     """The first logged step at which `metric` reached `target` (NaN if it never did): at or
     above it for accuracies, at or below it for losses and errors (`lower_is_better`)."""
     steps, values, _ = convergence(run, metric)
@@ -266,7 +264,7 @@ def steps_to(run: Run, metric: str, target: float) -> float:
     return float(steps[reached[0]]) if reached.size else math.nan
 
 
-def add_steps_to(runs: Iterable[Run], metric: str, target: float) -> list[str]:
+def add_steps_to(runs: Iterable[FinishedRun], metric: str, target: float) -> list[str]:
     """Adds `steps_to_<target>` (runs that never reach it report nothing, so the table's mean
     is over those that did) and `reached_<target>` (0/1) to each run's summary; their names."""
     names = [f"steps_to_{target:g}", f"reached_{target:g}"]
@@ -279,7 +277,7 @@ def add_steps_to(runs: Iterable[Run], metric: str, target: float) -> list[str]:
 
 
 def plot_convergence(
-    groups: Mapping[tuple, Sequence[Run]], keys: Sequence[str], metric: str, path: Path
+    groups: Mapping[tuple, Sequence[FinishedRun]], keys: Sequence[str], metric: str, path: Path
 ) -> Path | None:
     """`metric` of every run against the step (left) and the wall time (right), one line per run,
     one colour per group (its values of `keys`); a loss on a log axis (`plots.set_metric_yscale`).

@@ -25,12 +25,12 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
 from scipy import optimize
 
-from research import storage
-from research.analysis.collect import Run, is_number
+from research import rundir, storage
+from research.analysis.collect import FinishedRun, is_number
 from research.errors import ConfigError, WorkdirError
 
 AXES = ("params", "data", "compute")
-PARAM_RULES_FILE = "param_rules.txt"
+PARAM_RULES_FILE = rundir.PARAM_RULES
 PARAMS_KEY = "params/count"
 FLOPS_KEY = "compute/flops_per_step"
 LEVEL = 0.95
@@ -50,7 +50,7 @@ def count_params_from_rules(path: str | Path) -> int:
     return total
 
 
-def param_count(run: Run) -> int:
+def param_count(run: FinishedRun) -> int:
     """The run's parameter count (summary.json if recorded, else its param_rules.txt)."""
     if is_number(run.summary.get(PARAMS_KEY)):
         return int(run.summary[PARAMS_KEY])
@@ -60,7 +60,7 @@ def param_count(run: Run) -> int:
     return count_params_from_rules(rules_path)
 
 
-def examples_seen(run: Run) -> int:
+def examples_seen(run: FinishedRun) -> int:
     """Training examples processed: global batch size times the resolved number of steps."""
     batch, steps = run.config.get("batch_size"), run.config.get("total_steps")
     if not (is_number(batch) and is_number(steps)):
@@ -68,14 +68,14 @@ def examples_seen(run: Run) -> int:
     return int(batch) * int(steps)
 
 
-def training_flops(run: Run) -> float:
+def training_flops(run: FinishedRun) -> float:
     """Recorded FLOPs per step times steps, else the 6 * params * examples estimate."""
     if is_number(run.summary.get(FLOPS_KEY)):
         return float(run.summary[FLOPS_KEY]) * float(run.config["total_steps"])
     return 6.0 * param_count(run) * examples_seen(run)
 
 
-def axis_values(runs: Sequence[Run], axis: str) -> np.ndarray:
+def axis_values(runs: Sequence[FinishedRun], axis: str) -> np.ndarray:
     """Per-run x for a scaling axis: params, data (examples seen) or compute (FLOPs)."""
     measure = {"params": param_count, "data": examples_seen, "compute": training_flops}
     if axis not in measure:
@@ -190,7 +190,12 @@ def plot_fit(
 
 
 def scaling_report(
-    runs: Sequence[Run], axis: str, metric: str, outdir: Path, n_boot: int = 1000, seed: int = 0
+    runs: Sequence[FinishedRun],
+    axis: str,
+    metric: str,
+    outdir: Path,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> Fit:
     """Fits `metric` against the axis over all runs reporting it; writes scaling_<axis>.png."""
     runs = [r for r in runs if is_number(r.summary.get(metric))]

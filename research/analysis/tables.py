@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
-from research.analysis.collect import Run, is_number
+from research.analysis.collect import FinishedRun, is_number
 
 LEVEL = 0.95
 
@@ -59,7 +59,7 @@ def summarize(values: Sequence[float], level: float = LEVEL) -> Stats:
 
 
 def aggregate(
-    groups: Mapping[tuple, Sequence[Run]], metrics: Sequence[str], level: float = LEVEL
+    groups: Mapping[tuple, Sequence[FinishedRun]], metrics: Sequence[str], level: float = LEVEL
 ) -> list[GroupRow]:
     """Per group, statistics of each summary metric over the runs that reported it."""
     rows = []

@@ -25,7 +25,7 @@ from typing import Any
 import flax.linen as nn
 import numpy as np
 
-from research import storage
+from research import rundir, storage
 from research.errors import ConfigError, WorkdirError
 from research.models import MODELS
 from research.port import torchvision as _torchvision
@@ -145,9 +145,9 @@ def write_checkpoint(
     model, variables = load_pretrained(source, arch, path)
     record = _record(source, arch, path, digest, model, variables)
     state = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-    with Checkpointer(output / "checkpoints", async_save=False) as checkpointer:
+    with Checkpointer(rundir.RunDir(output).checkpoints, async_save=False) as checkpointer:
         checkpointer.save(0, state, metadata={"port": record})
-    write_json(output / "port.json", record)
+    write_json(rundir.RunDir(output).port, record)
     return record, True
 
 
@@ -155,7 +155,7 @@ def _existing_port(output: Path) -> dict | None:
     """The port recorded in `output`, None for a new or empty directory; WorkdirError otherwise."""
     if output.exists() and not output.is_dir():
         raise WorkdirError(f"--output {output} exists and is not a directory")
-    record = output / "port.json"
+    record = rundir.RunDir(output).port
     if record.exists():
         try:
             return json.loads(record.read_text())

@@ -17,6 +17,8 @@ import optax
 
 from research import data
 from research.analysis import plots
+from research.errors import ConfigError
+from research.tasks.registry import TaskData, TaskEntry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,3 +157,24 @@ def _single_logit(logits: jax.Array) -> jax.Array:
 def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num / den with 0 where den is 0 (a class never predicted has precision 0, as sklearn)."""
     return np.divide(num, den, out=np.zeros_like(num, dtype=np.float64), where=den > 0)
+
+
+def _classification(options: dict[str, Any], info: TaskData) -> ClassificationTask:
+    if not info.num_classes:
+        raise ConfigError("task 'classification' needs a dataset with a ClassLabel 'label'")
+    return ClassificationTask(num_classes=info.num_classes, **options)
+
+
+def _binary_classification(options: dict[str, Any], info: TaskData) -> BinaryClassificationTask:
+    if info.num_classes != 2:
+        raise ConfigError(
+            f"task 'binary_classification' needs a dataset whose 'label' has 2 classes, "
+            f"got {info.num_classes}; use task.name='classification'"
+        )
+    return BinaryClassificationTask(**options)
+
+
+ENTRIES = {
+    "classification": TaskEntry(_classification, options=ClassificationTask),
+    "binary_classification": TaskEntry(_binary_classification, options=BinaryClassificationTask),
+}

@@ -7,12 +7,15 @@ fixed random permutation of its values (task 0 unpermuted). The run's steps are 
 """
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.errors import ConfigError
 from research.tasks.classification import ClassificationTask
+from research.tasks.registry import TaskData, TaskEntry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,3 +65,24 @@ class PermutedClassificationTask(ClassificationTask):
         """On the host: task `task`'s view of a batch of images."""
         flat = images.reshape(images.shape[0], -1)
         return flat[:, self.permutations()[task]].reshape(images.shape)
+
+
+def _permuted_classification(options: dict[str, Any], info: TaskData) -> PermutedClassificationTask:
+    num_tasks = options.get("num_tasks", 2)
+    if num_tasks < 1 or info.total_steps % num_tasks:
+        raise ConfigError(
+            f"task.num_tasks={num_tasks} must divide total_steps={info.total_steps} (equal stages)"
+        )
+    return PermutedClassificationTask(
+        num_classes=info.num_classes,
+        input_size=info.input_size,
+        steps_per_task=info.total_steps // num_tasks,
+        **options,
+    )
+
+
+ENTRIES = {
+    "permuted_classification": TaskEntry(
+        _permuted_classification, options=PermutedClassificationTask
+    ),
+}

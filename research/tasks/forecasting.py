@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.tasks.base import SequenceInputs
+from research.tasks.registry import TaskData, TaskEntry
 
 BASELINES = ("naive", "seasonal_naive", "ar")
 _MAPE_FLOOR = 1e-8  # |truth| at or below this is left out of MAPE (it is undefined at zero)
@@ -136,3 +137,17 @@ def _regression_record(record: dict, *, output_shape: Sequence[int]) -> dict:
     out["targets"] = np.asarray(target, np.float32).reshape(tuple(output_shape))
     out.pop("target", None)
     return out
+
+
+def _regression(options: dict[str, Any], info: TaskData) -> RegressionTask:
+    return RegressionTask(
+        output_shape=tuple(info.facts.get("output_shape", (1, 1))),
+        log_levels=bool(info.facts.get("log_levels", False)),
+        **options,
+    )
+
+
+ENTRIES = {
+    "forecasting": TaskEntry(_regression, options=RegressionTask),
+    "regression": TaskEntry(_regression, options=RegressionTask),
+}

@@ -38,6 +38,7 @@ import optax
 from research import data
 from research.errors import ConfigError
 from research.tasks import autoencoding as ae
+from research.tasks.registry import TaskData, TaskEntry
 
 LOSSES = ("mse", "bce")
 # The config key of each field where they differ (`loss` would shadow the Task method).
@@ -310,3 +311,10 @@ def _log_likelihood(outputs: jax.Array, aux: dict, x: jax.Array) -> jax.Array:
     if "logscale" in aux:
         return ae.gaussian_log_density(x, outputs, 2.0 * aux["logscale"])
     return ae.bernoulli_log_likelihood(outputs, x)
+
+
+def _build_reconstruction(options: dict[str, Any], info: TaskData) -> ReconstructionTask:
+    return ReconstructionTask.from_config(options, input_size=info.input_size)
+
+
+ENTRIES = {"reconstruction": TaskEntry(_build_reconstruction)}  # from_config checks its own options

@@ -27,6 +27,7 @@ from research.data.transforms import to_float_image
 from research.errors import ConfigError, DataError
 from research.tasks.base import SequenceInputs
 from research.tasks.classification import ClassificationTask
+from research.tasks.registry import TaskData, TaskEntry
 
 IMAGE_ORDERS = ("pixels", "rows")
 
@@ -149,3 +150,26 @@ def _token_record(record: dict) -> dict:
         if key in record:
             out[key] = np.asarray(record[key], np.int32 if key == "length" else np.float32)
     return out
+
+
+def _sequence_classification(options: dict[str, Any], info: TaskData) -> SequenceClassificationTask:
+    if not info.num_classes:
+        raise ConfigError("task 'sequence_classification' needs a dataset with a 'label'")
+    return SequenceClassificationTask(num_classes=info.num_classes, **options)
+
+
+def _language_model(options: dict[str, Any], info: TaskData) -> LanguageModelTask:
+    if not info.facts.get("vocab_size"):
+        raise ConfigError(
+            "task 'language_model' needs token data: set info.text.level (char | word) or "
+            "use a dataset of token ids (e.g. copy_memory)"
+        )
+    return LanguageModelTask(vocab_size=int(info.facts["vocab_size"]), **options)
+
+
+ENTRIES = {
+    "sequence_classification": TaskEntry(
+        _sequence_classification, options=SequenceClassificationTask
+    ),
+    "language_model": TaskEntry(_language_model, options=LanguageModelTask),
+}

@@ -25,12 +25,14 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
+from etils import epath
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
 
 from research import data, storage
 from research.analysis import collect
 from research.errors import ConfigError
 from research.tasks import ClassificationTask
+from research.train.extension import Extension
 from research.train.setup import Run
 from research.train.state import eval_params, model_variables
 
@@ -158,7 +160,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 def accuracy_vs_time(rows: Sequence[dict], path: Path) -> Path | None:
     """Eval accuracy against the step and the wall time (two panels); None if never evaluated."""
-    run = collect.Run(path.parent, {}, {}, list(rows))
+    run = collect.FinishedRun(path.parent, {}, {}, list(rows))
     return collect.plot_convergence({(): [run]}, [], "eval/accuracy", path)
 
 
@@ -439,3 +441,23 @@ def _top_level_modules(table: Sequence[dict]) -> list[str]:
 def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     return storage.save_figure(fig, path, dpi=100)
+
+
+class ClassificationReport(Extension):
+    """Per-class metrics, the embedding and Grad-CAM of a classification run."""
+
+    def applies(self, run: Run) -> bool:
+        return wanted(run)
+
+    def check(self, run: Run) -> None:
+        check_config(run)
+
+    def finish(
+        self,
+        run: Run,
+        state: Any,
+        directory: epath.Path,
+        test_sums: dict[str, np.ndarray],
+        rows: Sequence[dict],
+    ) -> tuple[list[epath.Path], dict[str, Any]]:
+        return write_artifacts(run, state, directory, confusion=test_sums["confusion"], rows=rows)

@@ -8,6 +8,7 @@ stage learned into the EWC state kept in the optimizer state (so in the checkpoi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -16,6 +17,7 @@ import numpy as np
 from research.optim import ewc
 from research.tasks.continual import PermutedClassificationTask
 from research.train import evaluation
+from research.train.extension import Extension, Log
 from research.train.setup import Run
 
 
@@ -80,3 +82,29 @@ def accuracy_matrix(rows: list[dict], run: Run, prefix: str = "test") -> list[li
     return [
         [by_step[s][f"{key}{j}"] for j in range(n)] for s in run.task.boundaries() if s in by_step
     ]
+
+
+class ContinualStages(Extension):
+    """Per-task evaluation, stage reports and consolidation at the boundaries, and the accuracy
+    matrices in the summary."""
+
+    def applies(self, run: Run) -> bool:
+        return is_continual(run)
+
+    def eval_task(self, run: Run, step: int) -> int | None:
+        return current_task(run, step)
+
+    def after_step(self, run: Run, state: Any, step: int, log: Log) -> Any:
+        if not at_boundary(run, step):  # a task's stage ends: evaluate all, consolidate
+            return state
+        log(stage_report(run, state))
+        if step < run.total_steps:
+            state = consolidate(run, state, current_task(run, step))
+        return state
+
+    def summary(self, run: Run, state: Any, rows: Sequence[dict]) -> dict[str, Any]:
+        if jax.process_index() != 0:  # only process 0 reads the logged history
+            return {}
+        return {
+            f"{p}/accuracy_matrix": accuracy_matrix(list(rows), run, p) for p in ("eval", "test")
+        }

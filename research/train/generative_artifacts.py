@@ -23,12 +23,14 @@ evaluation parameters; every random draw uses keys derived from the run's seed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from research import data
 from research.analysis import anomaly
@@ -36,6 +38,7 @@ from research.data.subsets import labels_of
 from research.errors import ConfigError
 from research.tasks import ReconstructionTask
 from research.tasks import autoencoding as ae
+from research.train.extension import Extension
 from research.train.generative_figures import figures, flat, pixel_means
 from research.train.setup import Run
 from research.train.state import eval_params, model_variables
@@ -199,3 +202,23 @@ def _anomaly_entries(run: Run, passes: dict, anomalous: list[int]) -> dict[str, 
             passes["eval"][name], labels["eval"], passes["test"][name], labels["test"], prefix
         )
     return entries
+
+
+class GenerativeReport(Extension):
+    """The PCA baseline, the latent probe, anomaly scores and images of a reconstruction run."""
+
+    def applies(self, run: Run) -> bool:
+        return wanted(run)
+
+    def check(self, run: Run) -> None:
+        check_config(run)
+
+    def finish(
+        self,
+        run: Run,
+        state: Any,
+        directory: epath.Path,
+        test_sums: dict[str, np.ndarray],
+        rows: Sequence[dict],
+    ) -> tuple[list[epath.Path], dict[str, Any]]:
+        return write_artifacts(run, state, directory, plots=bool(run.config.tracking.plots))

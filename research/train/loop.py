@@ -18,20 +18,14 @@ import numpy as np
 from etils import epath
 
 from research import config as cfg
-from research import data, storage
+from research import data, rundir, storage
 from research.checkpoint import Checkpointer
 from research.errors import DivergedError
 from research.manifest import build_manifest
 from research.optim import rules
 from research.tracking import Progress, Tracker, resolve_wandb_mode
-from research.train import (
-    artifacts,
-    continual,
-    evaluation,
-    generative_artifacts,
-    sequence_artifacts,
-    transfer,
-)
+from research.train import evaluation, extensions
+from research.train.extension import Extension
 from research.train.hooks import DivergenceGuard, Monitor, Preemption, check_finite, every
 from research.train.setup import Run, build_run
 from research.train.workdir import check_workdir, write_run_files
@@ -64,6 +58,7 @@ class _Context:
     monitor: Monitor
     guard: DivergenceGuard
     seconds_before: float = 0.0  # training time of the calls this one resumes (checkpointed)
+    extensions: tuple[Extension, ...] = ()  # the features this run uses, in phase order
     started: float = dataclasses.field(default_factory=time.monotonic)
 
     def wall_time(self) -> float:
@@ -76,15 +71,16 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> RunResult:
     latest checkpoint if any."""
     workdir = storage.workdir_path(workdir)
     run = build_run(config)
-    artifacts.check_config(run)
-    generative_artifacts.check_config(run)
+    extensions.check(run)
+    features = extensions.for_run(run)
     config_json = cfg.to_json(run.config)
     check_workdir(workdir, config_json)
     resolve_wandb_mode(run.config.tracking.wandb_mode)  # a bad mode fails before any write
     with contextlib.ExitStack() as stack:
         if _is_main():  # one writer per workdir: a second run into it stops here
             stack.enter_context(WorkdirLock(workdir))
-        ckpt, state, batches, start, meta = _initial_state(run, workdir / "checkpoints", stack)
+        checkpoints = rundir.RunDir(workdir).checkpoints
+        ckpt, state, batches, start, meta = _initial_state(run, checkpoints, stack, features)
         manifest = _manifest(run)
         if _is_main():
             vocabulary = run.facts.get("vocabulary")
@@ -100,7 +96,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> RunResult:
                 print(run.facts["description"], flush=True)
         tracker = stack.enter_context(_make_tracker(run, workdir, config_json, manifest))
         tracker.truncate_after(start, first_logged=run.config.log_every_steps)
-        ctx = _Context(run, workdir, ckpt, tracker, batches, *_watchers(run, meta))
+        ctx = _Context(run, workdir, ckpt, tracker, batches, *_watchers(run, meta), features)
         # A stop signal (SIGTERM, Ctrl-C) is deferred to a step boundary until the final state
         # is saved; after that the entry point's handler may stop at once (nothing is unsaved).
         with Preemption() as preemption:
@@ -122,7 +118,10 @@ def _watchers(run: Run, meta: dict) -> tuple[Monitor, DivergenceGuard, float]:
 
 
 def _initial_state(
-    run: Run, directory: epath.Path, stack: contextlib.ExitStack
+    run: Run,
+    directory: epath.Path,
+    stack: contextlib.ExitStack,
+    features: tuple[Extension, ...],
 ) -> tuple[Checkpointer, Any, Any, int, dict]:
     """(checkpointer, device state, train batches, first step, the checkpoint's metadata):
     resumed, warm-started or fresh ({} for metadata).
@@ -132,11 +131,11 @@ def _initial_state(
     a warning and the newest intact one resumed (a WorkdirError if none is).
     """
     rng = jax.random.PRNGKey(run.config.seed)
-    fresh = None if directory.is_dir() else _fresh_state(run, rng)
+    fresh = None if directory.is_dir() else _fresh_state(run, rng, features)
     ckpt = stack.enter_context(_make_checkpointer(run, directory))
     batches = _train_batches(run)
     if ckpt.latest_step() is None:
-        state = fresh if fresh is not None else _fresh_state(run, rng)
+        state = fresh if fresh is not None else _fresh_state(run, rng, features)
         return ckpt, run.par.to_device(state), batches, 0, {}
     abstract = run.par.abstract_state(run.init_fn, rng)
     latest, state, data_state, meta = ckpt.restore_latest_intact(abstract)
@@ -147,13 +146,12 @@ def _initial_state(
     return ckpt, run.par.to_device(state), batches, latest, meta
 
 
-def _fresh_state(run: Run, rng: jax.Array) -> Any:
-    """Initialised state; with `init_from`, params and BatchNorm statistics from another run."""
+def _fresh_state(run: Run, rng: jax.Array, features: tuple[Extension, ...]) -> Any:
+    """Initialised state, as the features change it (a teacher's variables, source weights)."""
     state = run.par.init_state(run.init_fn, rng)
-    if run.teacher is not None:
-        teacher = run.teacher.load(run.par.replicated)
-        state = state.replace(extras={**state.extras, "teacher": teacher})
-    return transfer.initial_state(run, state, rng)
+    for feature in features:
+        state = feature.initial_state(run, state, rng)
+    return state
 
 
 def _make_monitor(run: Run, state: dict) -> Monitor:
@@ -260,14 +258,12 @@ def _after_step(ctx: _Context, state: Any, metrics: dict, step: int) -> Any:
         ctx.guard.check(host, step)  # before any save: a checkpoint never holds a NaN state
     eval_metrics = None
     if every(c.eval_every_steps, step) and step < run.total_steps:
-        task = continual.current_task(run, step)
+        task = _eval_task(ctx, step)
         eval_metrics = evaluation.evaluate(run, state, "eval", task_id=task)[0]
         state = _watch(ctx, state, step, eval_metrics)
         ctx.tracker.log(step, {**eval_metrics, "eval/wall_time": ctx.wall_time()})
-    if continual.at_boundary(run, step):  # a task's stage ends: evaluate all, consolidate
-        ctx.tracker.log(step, continual.stage_report(run, state))
-        if step < run.total_steps:
-            state = continual.consolidate(run, state, continual.current_task(run, step))
+    for feature in ctx.extensions:  # e.g. a continual stage's end: evaluate all, consolidate
+        state = feature.after_step(run, state, step, lambda m: ctx.tracker.log(step, m))
     if ckpt_now and step < run.total_steps:
         _save(ctx, state, step, eval_metrics)
     return state
@@ -336,7 +332,7 @@ def _final_checkpoint(
     run, step = ctx.run, ctx.run.total_steps
     if ctx.monitor.stopped and start < run.total_steps:  # just stopped early: take the best
         state = _restore_best(ctx) or state
-    task = continual.current_task(run, step)
+    task = _eval_task(ctx, step)
     eval_metrics, _ = evaluation.evaluate(run, state, "eval", task_id=task)
     if ctx.ckpt.latest_step() != step:
         _save(ctx, state, step, eval_metrics)
@@ -349,7 +345,7 @@ def _final_checkpoint(
 def _finish(ctx: _Context, state: Any, eval_metrics: dict) -> dict:
     """Test pass, summary.json and plots (the final checkpoint is saved already)."""
     run, step = ctx.run, ctx.run.total_steps
-    task = continual.current_task(run, step)
+    task = _eval_task(ctx, step)
     test_metrics, test_sums = evaluation.evaluate(run, state, "test", task_id=task)
     # Only process 0 writes metrics.jsonl, so only it reads the file back (other hosts may not
     # share the filesystem, or may read it mid-write); their summary lacks the logged history.
@@ -364,38 +360,27 @@ def _finish(ctx: _Context, state: Any, eval_metrics: dict) -> dict:
     summary.update({f"test/{k}": v for k, v in run.task.summary(test_sums).items()})
     summary.update(evaluation.compute_cost(run))
     summary.update(run.facts.get("summary", {}))  # from data preparation (ADF p-values)
-    summary.update(transfer.retention(run, state))
-    if continual.is_continual(run) and _is_main():
-        for prefix in ("eval", "test"):
-            summary[f"{prefix}/accuracy_matrix"] = continual.accuracy_matrix(rows, run, prefix)
+    for feature in ctx.extensions:  # e.g. retention of a transfer, continual accuracy matrices
+        summary.update(feature.summary(run, state, rows))
     if ctx.monitor.stopped:
         summary["early_stopping/reason"] = ctx.monitor.stopped
         summary["early_stopping/final_step"] = int(run.par.to_host(state.step))
-    figures = []
-    if _is_main() and artifacts.wanted(run):  # per-class metrics, embedding, Grad-CAM
-        figures, extra = artifacts.write_artifacts(
-            run, state, ctx.workdir / "plots", confusion=test_sums["confusion"], rows=rows
-        )
-        summary.update(extra)
-    if _is_main() and generative_artifacts.wanted(run):  # PCA baseline, probe, anomaly, images
-        plots_on = bool(run.config.tracking.plots)
-        generated, extra = generative_artifacts.write_artifacts(
-            run, state, ctx.workdir / "plots", plots=plots_on
-        )
-        figures += generated
-        summary.update(extra)
-    if _is_main() and sequence_artifacts.wanted(run):  # forecasts, attention, dL/dh_t
-        plots_on = bool(run.config.tracking.plots)
-        generated, extra = sequence_artifacts.write_artifacts(
-            run, state, ctx.workdir / "plots", plots=plots_on
-        )
-        figures += generated
+    figures, plots_dir = [], rundir.RunDir(ctx.workdir).plots
+    for feature in ctx.extensions if _is_main() else ():  # per-family figures and entries
+        written, extra = feature.finish(run, state, plots_dir, test_sums, rows)
+        figures += written
         summary.update(extra)
     ctx.tracker.write_summary(summary)
     if run.config.tracking.plots and _is_main():
-        plots = evaluation.plot(run, rows, test_sums, ctx.workdir / "plots")
+        plots = evaluation.plot(run, rows, test_sums, plots_dir)
         ctx.tracker.log_images(plots + figures)
     return summary
+
+
+def _eval_task(ctx: _Context, step: int) -> int | None:
+    """The task the evaluation at train step `step` is on (None: the run's only task)."""
+    tasks = [f.eval_task(ctx.run, step) for f in ctx.extensions]
+    return next((t for t in tasks if t is not None), None)
 
 
 def _describe_optimizer(run: Run) -> str:

@@ -15,12 +15,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
 
 from research import data, storage
@@ -28,6 +30,7 @@ from research.analysis import recurrent_gradients
 from research.models.recurrent import RecurrentNet
 from research.tasks import LanguageModelTask, RegressionTask, SequenceClassificationTask
 from research.tasks.forecasting import original_units
+from research.train.extension import Extension
 from research.train.setup import Run
 from research.train.state import eval_params
 from research.train.step import model_kwargs
@@ -178,3 +181,20 @@ def _hidden_gradients(run: Run, params: Any, batch: dict) -> dict[str, np.ndarra
 def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     return storage.save_figure(fig, path, dpi=120)
+
+
+class SequenceReport(Extension):
+    """Forecasts, attention weights and dL/dh_t of a recurrent sequence run."""
+
+    def applies(self, run: Run) -> bool:
+        return wanted(run)
+
+    def finish(
+        self,
+        run: Run,
+        state: Any,
+        directory: epath.Path,
+        test_sums: dict[str, np.ndarray],
+        rows: Sequence[dict],
+    ) -> tuple[list[epath.Path], dict[str, Any]]:
+        return write_artifacts(run, state, directory, plots=bool(run.config.tracking.plots))

@@ -8,18 +8,18 @@ run's latest checkpoint (`init_from`-style path). Its variables ride in the trai
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import jax
 
-from research import storage
+from research import rundir
 from research.checkpoint import load_state
 from research.errors import ConfigError
 from research.models import get_model
 from research.optim.distill import distillation_loss
+from research.train.extension import Extension
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,18 +61,29 @@ def load_teacher(distill: Any, num_outputs: int, sample_inputs: jax.Array) -> Te
     """The teacher named by `distill.teacher` (a run's workdir), or None without one."""
     if not distill.teacher:
         return None
-    workdir = storage.workdir_path(distill.teacher)
-    config_path = workdir / "config.json"
-    if not config_path.is_file():
-        raise ConfigError(f"distill.teacher: {workdir} holds no config.json (a finished run)")
-    model = get_model(json.loads(config_path.read_text())["model"], num_classes=num_outputs)
+    teacher = rundir.RunDir.at(distill.teacher)
+    config = rundir.read_config(teacher.root)
+    if config is None:
+        raise ConfigError(f"distill.teacher: {teacher.root} holds no config.json (a finished run)")
+    model = get_model(config["model"], num_classes=num_outputs)
     rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}
     shapes = jax.eval_shape(lambda: model.init(rngs, sample_inputs, train=False))
     variables = {k: shapes[k] for k in ("params", "batch_stats") if k in shapes}
     return Teacher(
         model=model,
-        checkpoints=workdir / "checkpoints",
+        checkpoints=teacher.checkpoints,
         abstract_variables=variables,
         temperature=distill.temperature,
         weight=distill.weight,
     )
+
+
+class Distillation(Extension):
+    """A fresh state carries the teacher's variables in its extras (so checkpoints do too)."""
+
+    def applies(self, run: Any) -> bool:
+        return run.teacher is not None
+
+    def initial_state(self, run: Any, state: Any, rng: jax.Array) -> Any:
+        teacher = run.teacher.load(run.par.replicated)
+        return state.replace(extras={**state.extras, "teacher": teacher})

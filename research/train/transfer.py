@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research import storage
+from research import rundir
 from research.checkpoint import load_state
 from research.config import from_json
 from research.data import ArraySource, eval_batches
@@ -38,6 +38,7 @@ from research.models.layers import dense
 from research.optim import ewc
 from research.optim.layer_decay import depths
 from research.optim.rules import param_paths
+from research.train.extension import Extension
 
 
 def is_head(path: str, head: str) -> bool:
@@ -191,8 +192,7 @@ def load_source(config: Any, abstract_variables: dict) -> dict:
     when `replaces_head`, so a 1000-class source fits a 5-class run.
     """
     t = config.transfer
-    path = storage.workdir_path(config.init_from)
-    directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    directory = rundir.checkpoints_of(config.init_from)
     target = dict(abstract_variables)
     if replaces_head(config):
         target = {k: without_head(v, t.head) for k, v in target.items()}
@@ -272,22 +272,20 @@ class SourceRun:
     def __init__(self, config: Any):
         from research.train.setup import build_run  # setup imports this module
 
-        workdir = storage.workdir_path(config.init_from)
-        if workdir.name == "checkpoints":
-            workdir = workdir.parent
-        if not (workdir / "config.json").is_file():
+        source = rundir.run_of(config.init_from)
+        if not source.config.is_file():
             raise ConfigError(
                 f"transfer.strategy='{config.transfer.strategy}' needs init_from to be a "
-                f"training run's workdir (its data and head), but {workdir} has no config.json; "
-                "use l2sp for ported weights"
+                f"training run's workdir (its data and head), but {source.root} has no "
+                "config.json; use l2sp for ported weights"
             )
-        source_config = from_json((workdir / "config.json").read_text())
+        source_config = from_json(source.config.read_text())
         source_config.parallel = config.parallel.to_dict()
         source_config.tracking.wandb_mode = "disabled"
         self.run = build_run(source_config)
         abstract = self.run.par.abstract_state(self.run.init_fn, jax.random.PRNGKey(0))
         self.variables = load_state(
-            workdir / "checkpoints",
+            source.checkpoints,
             {"params": abstract.params, "batch_stats": abstract.batch_stats},
         )
 
@@ -348,3 +346,16 @@ def retention(run: Any, state: Any) -> dict[str, float]:
         "source/test_accuracy_before": source.accuracy(),
         "source/test_accuracy_after": source.accuracy(params, host.batch_stats or None),
     }
+
+
+class Transfer(Extension):
+    """Source weights (and penalty anchors) in the fresh state; retention in the summary."""
+
+    def applies(self, run: Any) -> bool:
+        return uses_source(run.config) and not caches_features(run.config)
+
+    def initial_state(self, run: Any, state: Any, rng: jax.Array) -> Any:
+        return initial_state(run, state, rng)
+
+    def summary(self, run: Any, state: Any, rows: Sequence[dict]) -> dict[str, Any]:
+        return retention(run, state)

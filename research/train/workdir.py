@@ -9,7 +9,7 @@ import os
 from etils import epath
 
 from research import config as cfg
-from research import storage
+from research import rundir, storage
 from research.errors import WorkdirError
 from research.manifest import write_json
 from research.optim import rules
@@ -20,7 +20,7 @@ def check_workdir(workdir: epath.Path, config_json: str) -> None:
     if workdir.exists() and not workdir.is_dir():
         raise WorkdirError(f"--workdir {workdir} exists and is not a directory")
     _check_writable(workdir)
-    existing = workdir / "config.json"
+    existing = rundir.RunDir(workdir).config
     if not existing.exists():
         return
     try:
@@ -67,13 +67,13 @@ def write_run_files(
     manifest.json describes this invocation; `history` keeps when, with which code and on
     which devices every earlier invocation (a resume after preemption, say) ran.
     """
+    run = rundir.RunDir(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    write_json(workdir / "config.json", json.loads(config_json))
-    manifest = {**manifest, "history": _history(workdir / "manifest.json")}
-    write_json(workdir / "manifest.json", manifest)
-    storage.write_text(workdir / "param_rules.txt", rules.format_table(param_table) + "\n")
+    write_json(run.config, json.loads(config_json))
+    write_json(run.manifest, {**manifest, "history": _history(run.manifest)})
+    storage.write_text(run.param_rules, rules.format_table(param_table) + "\n")
     if vocabulary_json is not None:
-        storage.write_text(workdir / "vocab.json", vocabulary_json)
+        storage.write_text(run.vocabulary, vocabulary_json)
 
 
 def _history(path: epath.Path) -> list[dict]:

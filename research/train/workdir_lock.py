@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from research import storage
+from research import rundir, storage
 from research.errors import WorkdirError
 
-LOCK_NAME = "lock"
+LOCK_NAME = rundir.LOCK
 HEARTBEAT_S = 30.0
 # Another host's lock not refreshed for this long belongs to a process that died without
 # removing it (killed, or its machine lost). Ten heartbeats: slow filesystems are not owners lost.

@@ -1,0 +1,63 @@
+"""The extension protocol: what a feature of a run (transfer, continual stages, a family's
+end-of-run reporting) may do, at the phases the one loop offers.
+
+The loop (`research/train/loop.py`) knows only this class; `research/train/extensions.py` lists
+the features. Every phase does nothing by default, so a feature overrides only its own:
+
+    check          the built run, before anything is written (refuse a bad config)
+    initial_state  a fresh state (not a resumed one), before training starts
+    eval_task      which task the evaluation at a step is on (continual runs)
+    after_step     after a step's logging, evaluation and watching, before its checkpoint
+    summary        entries of summary.json, on every process
+    finish         figures and summary entries of the final state, on process 0 only
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from etils import epath
+
+Log = Callable[[dict[str, float]], None]  # logs metrics at the current step
+
+
+class Extension:
+    """A feature plugged into the loop; subclasses override the phases they need."""
+
+    def applies(self, run: Any) -> bool:
+        """Whether this run uses the feature (`check` runs regardless)."""
+        return True
+
+    def check(self, run: Any) -> None:
+        """Raise a ConfigError for a config the feature cannot honour; writes nothing."""
+
+    def initial_state(self, run: Any, state: Any, rng: jax.Array) -> Any:
+        """The fresh state, changed as the feature needs (e.g. source weights loaded)."""
+        return state
+
+    def eval_task(self, run: Any, step: int) -> int | None:
+        """The task evaluated at train step `step`; None when the feature has no say."""
+        return None
+
+    def after_step(self, run: Any, state: Any, step: int, log: Log) -> Any:
+        """The state after train step `step` (e.g. consolidated at a stage boundary)."""
+        return state
+
+    def summary(self, run: Any, state: Any, rows: Sequence[dict]) -> dict[str, Any]:
+        """summary.json entries of the final state (`rows`: the logged metrics, [] off
+        process 0)."""
+        return {}
+
+    def finish(
+        self,
+        run: Any,
+        state: Any,
+        directory: epath.Path,
+        test_sums: dict[str, np.ndarray],
+        rows: Sequence[dict],
+    ) -> tuple[list[epath.Path], dict[str, Any]]:
+        """(figures written into `directory`, summary entries); process 0 only."""
+        return [], {}
