@@ -210,6 +210,7 @@ def report(args: argparse.Namespace) -> None:
     """Collect, tabulate, plot and (optionally) fit; prints where everything went."""
     from research import storage  # noqa: PLC0415 (after parsing)
     from research.analysis import collect, tables  # noqa: PLC0415 (after parsing)
+    from research.reporting import curves  # noqa: PLC0415 (after parsing)
 
     args.dir = storage.workdir_path(args.dir)
     _check_dir(args.dir)
@@ -227,10 +228,10 @@ def report(args: argparse.Namespace) -> None:
     rows = tables.aggregate(groups, metrics)
     written += tables.write_tables(rows, keys, metrics, outdir)
     for metric in collect.curve_metrics(runs):
-        path = collect.plot_curves(groups, keys, metric, collect.curves_path(outdir, metric))
+        path = curves.plot_curves(groups, keys, metric, curves.curves_path(outdir, metric))
         written += [path] if path else []
     by_colour = collect.group_runs(runs, colour_keys)
-    path = collect.plot_convergence(
+    path = curves.plot_convergence(
         by_colour, colour_keys, CONVERGENCE_METRIC, outdir / "accuracy_vs_time.png"
     )
     written += [path] if path else []

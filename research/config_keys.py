@@ -195,7 +195,7 @@ def _text_defaults() -> ml_collections.ConfigDict:
 
 def _transfer_defaults() -> ml_collections.ConfigDict:
     # How a run starts from `init_from` (a ported checkpoint or another run); see
-    # research/train/transfer.py. "none" leaves init_from, param_rules and unfreeze as given.
+    # research/transfer/strategy.py. "none" leaves init_from, param_rules and unfreeze as given.
     return ml_collections.ConfigDict(
         {
             # none | scratch | linear_probe | finetune | partial | progressive | llrd | l2sp | ewc
@@ -215,8 +215,8 @@ def _transfer_defaults() -> ml_collections.ConfigDict:
 
 
 def _evaluation_defaults() -> ml_collections.ConfigDict:
-    # Artifacts of the final test pass for image classifiers (research/train/artifacts.py) and
-    # reconstruction runs (research/train/generative_artifacts.py, generative_figures.py).
+    # Artifacts of the final test pass for image classifiers (research/reporting/classification.py),
+    # reconstruction runs (reporting/generative.py) and sequence runs (sequence.py, forecasting.py).
     return ml_collections.ConfigDict(
         {
             "artifacts": True,

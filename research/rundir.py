@@ -3,6 +3,9 @@
     <workdir>/config.json      the resolved config (identity of the run)
               manifest.json    code, devices and earlier invocations
               param_rules.txt  the resolved per-parameter table
+              optimizer_overrides.json
+                               transfer strategies only: the config keys they set for the
+                               optimizer (frozen groups, unfreezing, layer decay, EWC)
               vocab.json       token data only: id -> token
               metrics.jsonl    one JSON record per logged step
               summary.json     written last: a run with it is finished
@@ -31,6 +34,7 @@ from research.errors import WorkdirError
 CONFIG = "config.json"
 MANIFEST = "manifest.json"
 PARAM_RULES = "param_rules.txt"
+OPTIMIZER_OVERRIDES = "optimizer_overrides.json"
 VOCABULARY = "vocab.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -67,6 +71,10 @@ class RunDir:
     @property
     def param_rules(self) -> epath.Path:
         return self.root / PARAM_RULES
+
+    @property
+    def optimizer_overrides(self) -> epath.Path:
+        return self.root / OPTIMIZER_OVERRIDES
 
     @property
     def vocabulary(self) -> epath.Path:

@@ -1,4 +1,4 @@
-"""Evaluation artifacts of image classifiers (research/train/artifacts.py), the wall time in the
+"""Evaluation artifacts of image classifiers (research/reporting/), the wall time in the
 logged metrics, and the report's accuracy-vs-time figure.
 
 Per-class metrics are checked against sklearn, Grad-CAM against a hand-built model whose
@@ -24,8 +24,9 @@ from research import config as cfg
 from research.analysis import collect
 from research.checkpoint import Checkpointer
 from research.errors import ConfigError
+from research.reporting import confusion, gradcam
 from research.tracking import Tracker, read_metrics
-from research.train import artifacts, loop
+from research.train import loop, session
 from research.train.setup import build_run
 
 ROOT = Path(__file__).parents[1]
@@ -56,11 +57,11 @@ def test_per_class_metrics_match_sklearn(tmp_path):
     reference = precision_recall_fscore_support(
         true, pred, labels=labels, average=None, zero_division=0.0
     )
-    table = artifacts.per_class_metrics(CONFUSION)
+    table = confusion.per_class_metrics(CONFUSION)
     assert [row["class"] for row in table] == [0, 1, 2, 3]
     for name, expected in zip(("precision", "recall", "f1", "support"), reference, strict=True):
         np.testing.assert_allclose([row[name] for row in table], expected, rtol=1e-12)
-    md, csv_path = artifacts.write_per_class(table, tmp_path / "test_per_class")
+    md, csv_path = confusion.write_per_class(table, tmp_path / "test_per_class")
     assert "| 0 | 0.6250 | 0.6250 | 0.6250 | 8 |" in md.read_text()  # 5/8, 5/8
     with csv_path.open() as f:
         rows = list(csv.DictReader(f))
@@ -117,7 +118,7 @@ def _probe_variables() -> tuple[np.ndarray, dict]:
 def test_grad_cam_weights_are_the_hand_gradient_and_the_map_peaks_at_the_read_location():
     head, variables = _probe_variables()
     images = _images()
-    cam = artifacts.grad_cam(_Probe(), variables, images, "stage1")
+    cam = gradcam.grad_cam(_Probe(), variables, images, "stage1")
     pooled = _pooled(images)
     # logit_k = sum_c A[1,2,c] W[c,k] with A[..., c] = pooled * scale_c: class argmax(scale @ W).
     predicted = np.argmax(SCALE @ head)
@@ -138,30 +139,30 @@ def test_grad_cam_of_a_single_logit_follows_the_predicted_class():
     variables = {
         "params": {"stage1": {"scale": SCALE}, "head": {"kernel": kernel, "bias": np.zeros(1)}}
     }
-    cam = artifacts.grad_cam(_Probe(outputs=1), variables, _images(), "stage1")
+    cam = gradcam.grad_cam(_Probe(outputs=1), variables, _images(), "stage1")
     assert cam.predicted.tolist() == [0, 0]
     np.testing.assert_allclose(cam.weights, np.full((2, 3), 1 / 16), rtol=1e-6)
 
 
 def test_default_gradcam_layer_is_the_last_stage():
     params = {"stage1": {}, "stage10": {}, "stage2": {}, "head": {}}
-    assert artifacts.gradcam_layer(params, None) == "stage10"
-    assert artifacts.gradcam_layer(params, "stage1") == "stage1"
-    assert artifacts.gradcam_layer({"layer1": {}, "head": {}}, None) is None
+    assert gradcam.gradcam_layer(params, None) == "stage10"
+    assert gradcam.gradcam_layer(params, "stage1") == "stage1"
+    assert gradcam.gradcam_layer({"layer1": {}, "head": {}}, None) is None
 
 
 def test_gradcam_figure_shows_each_8x8_image_and_its_overlay_at_display_resolution():
     head, variables = _probe_variables()
     images = _images()
-    cam = artifacts.grad_cam(_Probe(), variables, images, "stage1")
-    fig = artifacts.gradcam_figure(images, cam, np.array([1, 1]), layer="stage1")
+    cam = gradcam.grad_cam(_Probe(), variables, images, "stage1")
+    fig = gradcam.gradcam_figure(images, cam, np.array([1, 1]), layer="stage1")
     panels = [ax.get_images()[0].get_array() for ax in fig.axes if ax.get_images()]
     assert [p.shape for p in panels] == [(128, 128), (128, 128, 3)] * 2  # not 8x8
     # The input is enlarged 16x nearest-neighbour: every 16x16 block is one original pixel.
     shown = np.asarray(panels[0])
     blocks = shown.reshape(8, 16, 8, 16).transpose(0, 2, 1, 3).reshape(8, 8, -1)
     assert np.ptp(blocks, axis=-1).max() == 0
-    np.testing.assert_allclose(blocks[..., 0], artifacts._displayable(images[0]), atol=1e-6)
+    np.testing.assert_allclose(blocks[..., 0], gradcam._displayable(images[0]), atol=1e-6)
     assert "stage1's 4x4 feature map" in fig.get_suptitle()
 
 
@@ -169,24 +170,24 @@ def test_gradcam_figure_shows_each_8x8_image_and_its_overlay_at_display_resoluti
 def test_upsampled_gradcam_map_keeps_the_coarse_mean_and_peak_location(coarse_shape, shape):
     coarse = np.random.default_rng(1).uniform(0.0, 1.0, coarse_shape).astype(np.float32)
     coarse[1, 1] = 2.0  # a clear peak (an edge cell near the peak's value could win after blending)
-    heat = artifacts.upsample_map(coarse, shape)
+    heat = gradcam.upsample_map(coarse, shape)
     assert heat.shape == shape and 0.9 < heat.max() <= 1.0 + 1e-6
     # Bilinear upsampling by an integer factor (clamped at the edges) preserves the mean.
     assert heat.mean() == pytest.approx(coarse.mean() / coarse.max(), rel=1e-5)
     factor = shape[0] // coarse_shape[0]
     row, col = np.unravel_index(np.argmax(heat), shape)
     assert (row // factor, col // factor) == np.unravel_index(np.argmax(coarse), coarse_shape)
-    assert not artifacts.upsample_map(np.zeros(coarse_shape), shape).any()
+    assert not gradcam.upsample_map(np.zeros(coarse_shape), shape).any()
 
 
 def test_gradcam_overlay_enlarges_small_images_only():
     coarse = np.array([[0.0, 1.0], [0.0, 0.0]])
-    shown, overlay = artifacts.gradcam_overlay(np.zeros((8, 8, 1)), coarse)
+    shown, overlay = gradcam.gradcam_overlay(np.zeros((8, 8, 1)), coarse)
     assert shown.shape == (128, 128) and overlay.shape == (128, 128, 3)
     assert overlay.min() >= 0.0 and overlay.max() <= 1.0
     # The hot quadrant (top right) is red-tinted, the cold one (bottom left) blue-tinted.
     assert overlay[10, 118, 0] > overlay[10, 118, 2] and overlay[118, 10, 2] > overlay[118, 10, 0]
-    shown, overlay = artifacts.gradcam_overlay(np.zeros((200, 160, 3)), coarse)
+    shown, overlay = gradcam.gradcam_overlay(np.zeros((200, 160, 3)), coarse)
     assert shown.shape == (200, 160, 3) and overlay.shape == (200, 160, 3)
 
 
@@ -228,7 +229,7 @@ def runs(tmp_path_factory, data_dir):
     with Checkpointer(root / "b" / "checkpoints") as ckpt:
         assert ckpt.latest_step() == SIGTERM_AT
         abstract = run.par.abstract_state(run.init_fn, np.zeros(2, np.uint32))
-        seconds = ckpt.restore(abstract, SIGTERM_AT)[2][loop.TRAIN_SECONDS]
+        seconds = ckpt.restore(abstract, SIGTERM_AT)[2][session.TRAIN_SECONDS]
     began = time.monotonic()
     assert loop.train_and_evaluate(config, root / "b").status == loop.COMPLETED
     return root, seconds, time.monotonic() - began
@@ -247,7 +248,7 @@ def test_run_writes_figures_and_per_class_summary(runs):
         assert (workdir / "plots" / f"{name}.png").read_bytes()[:8] == PNG, name
     summary = json.loads((workdir / "summary.json").read_text())
     table = summary["test/per_class"]
-    assert table == artifacts.per_class_metrics(summary["test/confusion_matrix"])
+    assert table == confusion.per_class_metrics(summary["test/confusion_matrix"])
     support = np.array([row["support"] for row in table])
     assert support.sum() == 360
     # Support-weighted recall is the accuracy; the macro F1 is the summary's.

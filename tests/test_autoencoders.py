@@ -401,7 +401,7 @@ def test_dropout_key_is_unchanged_by_the_sample_stream():
         {"name": "mlp_tiny", "dropout_rate": 0.5}, task, images[:1]
     )
     state = state.replace(step=jnp.int32(3))
-    _, metrics = jax.jit(make_train_step(model, task, optimizer, diagnostics=False))(state, batch)
+    _, metrics = jax.jit(make_train_step(model, task, optimizer))(state, batch)
     logits, _ = model.apply(
         {"params": state.params},
         images,

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research.analysis import plots
 from research.optim.diagnostics import dead_units, gradient_diagnostics
+from research.reporting import curves
 
 GRADS = {
     "stage1": {"conv": {"kernel": jnp.full((2, 2), 3.0)}},
@@ -55,5 +55,5 @@ def test_gradient_norm_plot_orders_modules_by_depth(tmp_path: Path):
         {"step": s, "train/grad_norm/head": 1.0 / s, "train/grad_norm/stage1/conv": 1e-3 / s}
         for s in (1, 2, 3)
     ]
-    assert plots.gradient_norms(rows, tmp_path / "g.png").stat().st_size > 0
-    assert plots.gradient_norms([{"step": 1, "train/loss": 1.0}], tmp_path / "none.png") is None
+    assert curves.gradient_norms(rows, tmp_path / "g.png").stat().st_size > 0
+    assert curves.gradient_norms([{"step": 1, "train/loss": 1.0}], tmp_path / "none.png") is None

@@ -12,11 +12,12 @@ from research.train.setup import build_run
 
 ROOT = Path(__file__).parents[1]
 FEATURES = {
-    "research.train.artifacts",
+    "research.reporting.classification",
+    "research.reporting.forecasting",
+    "research.reporting.generative",
+    "research.reporting.sequence",
     "research.train.continual",
-    "research.train.generative_artifacts",
-    "research.train.sequence_artifacts",
-    "research.train.teacher",
+    "research.train.distillation",
     "research.train.transfer",
 }
 
@@ -31,8 +32,57 @@ def _imported_modules(path: Path) -> set[str]:
     return names
 
 
+def _research_modules() -> dict[str, Path]:
+    modules = {}
+    for path in (ROOT / "research").rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = path
+    return modules
+
+
+def _imported_research_modules(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The research modules `path` imports: `from package import module` counts as the module
+    alone (not the package), as Python imports it."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names if alias.name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.module in modules:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                names.add(full if full in modules else node.module)
+    return names
+
+
 def test_the_loop_imports_no_feature_module():
     assert not _imported_modules(ROOT / "research" / "train" / "loop.py") & FEATURES
+
+
+def test_only_the_list_of_features_imports_them():
+    for name, path in _research_modules().items():
+        if name in FEATURES or name == "research.train.extensions":
+            continue
+        assert not _imported_modules(path) & FEATURES, name
+
+
+def test_research_has_no_import_cycle():
+    modules = _research_modules()
+    graph = {
+        name: _imported_research_modules(path, modules) - {name} for name, path in modules.items()
+    }
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            raise AssertionError("import cycle: " + " -> ".join((*path, name)))
+        if name in done:
+            return
+        for imported in sorted(graph[name]):
+            visit(imported, (*path, name))
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, ())
 
 
 @pytest.fixture(scope="module")

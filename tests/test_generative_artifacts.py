@@ -21,9 +21,9 @@ from research.analysis import anomaly
 from research.data.subsets import labels_of
 from research.errors import ConfigError
 from research.models import get_model
+from research.reporting import generative as ga
+from research.reporting import generative_figures as gf
 from research.tasks import ReconstructionTask
-from research.train import generative_artifacts as ga
-from research.train import generative_figures as gf
 from research.train import loop
 from research.train.setup import build_run
 

@@ -231,8 +231,8 @@ def test_checkpoint_from_8_devices_resumes_on_1(tmp_path, data_dir, monkeypatch)
 def test_steps_compile_once_also_after_restore(tmp_path, data_dir, monkeypatch):
     runs = []
 
-    def build_and_keep(config):
-        runs.append(build_run(config))
+    def build_and_keep(config, *args):
+        runs.append(build_run(config, *args))
         return runs[-1]
 
     log = Tracker.log

@@ -18,6 +18,7 @@ from research.train import loop
 from research.train.hooks import DivergenceGuard, Monitor
 from research.train.state import make_init_fn
 from research.train.step import make_train_step
+from research.train.step_parts import MovingAverage, default_parts
 
 
 def test_plateau_cuts_after_patience_evals_without_improvement():
@@ -46,8 +47,9 @@ def test_ema_follows_the_parameters():
     c.total_steps, c.optimizer.schedule = 10, "constant"
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))["params"]
     opt = build_optimizer(c, params)
-    state = make_init_fn(model, opt.tx, x, ema=True)(jax.random.PRNGKey(0))
-    step = jax.jit(make_train_step(model, ClassificationTask(10), opt, ema_decay=0.9))
+    parts = (*default_parts(ClassificationTask(10), opt), MovingAverage(0.9))
+    state = make_init_fn(model, opt.tx, x, parts)(jax.random.PRNGKey(0))
+    step = jax.jit(make_train_step(model, ClassificationTask(10), opt, parts))
     expected = state.params
     for _ in range(3):
         state, _ = step(state, {"image": x, "label": jnp.arange(8)})

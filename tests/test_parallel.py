@@ -14,6 +14,7 @@ from research.parallel import Parallel
 from research.tasks import ClassificationTask
 from research.train.state import make_init_fn
 from research.train.step import make_eval_step, make_train_step
+from research.train.step_parts import BatchMix, default_parts
 
 STEPS, BATCH = 24, 16
 
@@ -48,7 +49,7 @@ def _setup(mode: str, num_devices: int):
 def _train(mode: str, num_devices: int, mixup: str = "none"):
     chex.clear_trace_counter()  # each call builds (and may trace) its own step once
     par, model, task, optimizer, state = _setup(mode, num_devices)
-    mixer = None
+    parts = default_parts(task, optimizer)
     if mixup != "none":
         mixer = make_batch_mixer(
             mixup,
@@ -59,8 +60,9 @@ def _train(mode: str, num_devices: int, mixup: str = "none"):
             num_shards=par.num_devices,
             axis_name=par.axis_name,
         )
+        parts = (*parts, BatchMix(mixer))
     step_fn = chex.assert_max_traces(
-        make_train_step(model, task, optimizer, axis_name=par.axis_name, batch_mixer=mixer), n=1
+        make_train_step(model, task, optimizer, parts, axis_name=par.axis_name), n=1
     )
     train_step = par.compile_train_step(step_fn)
     images, labels = _data()

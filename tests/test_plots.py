@@ -1,19 +1,19 @@
-"""A run's learning curves (research/analysis/plots.py): losses and errors on a log axis unless
+"""A run's learning curves (research/reporting/curves.py): losses and errors on a log axis unless
 a value is not positive, accuracy-like metrics on a linear one."""
 
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from research.analysis import plots
+from research.reporting import curves
 
 STEPS = (50, 100, 200, 400, 800)
 
 
-def _rows(**curves: list[float]) -> list[dict]:
-    """Metric records with `curves` given as split_name=values, e.g. train_loss=[...]."""
+def _rows(**series: list[float]) -> list[dict]:
+    """Metric records with `series` given as split_name=values, e.g. train_loss=[...]."""
     rows = [{"step": s} for s in STEPS]
-    for key, values in curves.items():
+    for key, values in series.items():
         split, name = key.split("_", 1)
         for row, value in zip(rows, values, strict=True):
             row[f"{split}/{name}"] = value
@@ -22,7 +22,7 @@ def _rows(**curves: list[float]) -> list[dict]:
 
 def _scales(rows: list[dict]) -> dict[str, str]:
     """Each panel's title (the metric name) and its y scale."""
-    fig = plots.learning_curves_figure(rows)
+    fig = curves.learning_curves_figure(rows)
     return {ax.get_title(): ax.get_yscale() for ax in fig.axes if ax.get_title()}
 
 
@@ -90,10 +90,10 @@ def test_sequence_and_forecasting_errors_are_log():
 )
 def test_metric_yscale(metric, values, expected):
     ax = Figure().subplots()
-    assert plots.set_metric_yscale(ax, metric, np.asarray(values)) == expected
+    assert curves.set_metric_yscale(ax, metric, np.asarray(values)) == expected
     assert ax.get_yscale() == expected
 
 
 def test_learning_curves_writes_the_figure(tmp_path):
-    path = plots.learning_curves(_rows(train_loss=[1.0, 0.5, 0.2, 0.1, 0.05]), tmp_path / "c.png")
+    path = curves.learning_curves(_rows(train_loss=[1.0, 0.5, 0.2, 0.1, 0.05]), tmp_path / "c.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

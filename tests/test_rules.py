@@ -232,6 +232,7 @@ def test_batch_norm_statistics_of_frozen_parts(policy):
     from research.tasks import ClassificationTask
     from research.train.state import make_init_fn
     from research.train.step import make_train_step
+    from research.train.step_parts import FrozenStatistics, default_parts
 
     model = get_model({"name": "cnn_tiny", "batch_norm": True}, num_classes=10)
     x = jax.random.uniform(jax.random.PRNGKey(1), (8, 8, 8, 1))
@@ -240,11 +241,10 @@ def test_batch_norm_statistics_of_frozen_parts(policy):
     c.param_rules = ((r"stage1/.*", "stage1", 0.0, True), (r".*", "rest", 1.0, True))
     opt = build_optimizer(c, params)
     state = make_init_fn(model, opt.tx, x)(jax.random.PRNGKey(0))
-    step = jax.jit(
-        make_train_step(
-            model, ClassificationTask(10), opt, freeze_frozen_batch_norm=policy == "frozen"
-        )
-    )
+    parts = default_parts(ClassificationTask(10), opt)
+    if policy == "update":  # the frozen parts' statistics follow the batches too
+        parts = tuple(p for p in parts if not isinstance(p, FrozenStatistics))
+    step = jax.jit(make_train_step(model, ClassificationTask(10), opt, parts))
     new, _ = step(state, {"image": x, "label": jnp.arange(8) % 10})
     frozen_same = jnp.array_equal(
         new.batch_stats["stage1"]["block1"]["bn"]["mean"],

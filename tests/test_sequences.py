@@ -25,6 +25,7 @@ from research.tasks import LanguageModelTask, RegressionTask, get_task
 from research.train import loop
 from research.train.state import make_init_fn
 from research.train.step import make_train_step
+from research.train.step_parts import TruncatedBPTT, default_parts
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = ROOT / "configs" / "sequence"
@@ -60,7 +61,7 @@ def test_sunspots_windows_scale_on_the_training_period_and_baselines_match_numpy
     prepared = _prepared(config)
     _, values = sunspots_series()
     y = np.asarray(values, np.float64)
-    a, b = prepared.facts["periods"]["train"][1], prepared.facts["periods"]["test"][0]
+    a, b = prepared.periods["train"][1], prepared.periods["test"][0]
     assert (a, b) == (round(309 * 0.7), round(309 * 0.85))
     test = prepared.sources["test"].arrays
     # Test windows: every origin whose next value lies in the test period.
@@ -88,7 +89,12 @@ def _eval_with_outputs(task, source, outputs):
 def test_a_differenced_forecast_of_no_change_scores_exactly_as_the_naive_baseline(data_dir):
     config = _config("sunspots.py", data_dir, **{"data.series.difference": True})
     prepared = _prepared(config)
-    task = get_task(config.task, num_classes=None, facts=prepared.facts)
+    task = get_task(
+        config.task,
+        num_classes=None,
+        output_shape=prepared.output_shape,
+        log_levels=prepared.log_levels,
+    )
     test = prepared.sources["test"]
     metrics, summary = _eval_with_outputs(task, test, np.zeros((len(test), 1)))
     assert metrics["rmse"] == pytest.approx(metrics["naive_rmse"], rel=1e-6)
@@ -159,10 +165,11 @@ def test_truncated_bptt_carries_the_state_but_not_the_gradient_across_windows():
     config.optimizer.learning_rate, config.total_steps = 0.0, 2
     params = model.init(jax.random.PRNGKey(0), first["inputs"], train=False)["params"]
     optimizer = build_optimizer(config, params)
-    init = make_init_fn(model, optimizer.tx, first["inputs"], carry=model.zero_carry(2))
+    parts = (*default_parts(task, optimizer), TruncatedBPTT(model.zero_carry(2)))
+    init = make_init_fn(model, optimizer.tx, first["inputs"], parts)
     state = init(jax.random.PRNGKey(0))
     params = state.params
-    step = jax.jit(make_train_step(model, task, optimizer))
+    step = jax.jit(make_train_step(model, task, optimizer, parts))
     state, _ = step(state, first)
     state, metrics = step(state, second)
     # The carry after two windows is the state after reading both in one go.
@@ -248,7 +255,7 @@ def test_expanding_window_folds_train_on_the_past_of_their_eval_block(data_dir):
         _prepared(_config("sunspots.py:cv", data_dir, **{"data.fold": k, **horizon}))
         for k in range(5)
     ]
-    edges = [fold.facts["periods"] for fold in folds]
+    edges = [fold.periods for fold in folds]
     assert all(e["train"][0] == 0 for e in edges)  # expanding: always from the start
     assert [e["train"][1] for e in edges] == [e["eval"][0] for e in edges]
     ends = [e["eval"][1] for e in edges]
@@ -257,7 +264,7 @@ def test_expanding_window_folds_train_on_the_past_of_their_eval_block(data_dir):
         train, evaluation = (fold.sources[k].arrays["origin"] for k in ("train", "eval"))
         # The last training target (origin + horizon) precedes the first eval target.
         assert train.max() + 3 < evaluation.min() + 1
-        assert train.max() + 3 == fold.facts["periods"]["train"][1] - 1  # and ends its period
+        assert train.max() + 3 == fold.periods["train"][1] - 1  # and ends its period
 
 
 def test_images_read_as_pixel_or_row_sequences():

@@ -1,6 +1,9 @@
 """Stationarity checks and the log transform of forecast series: the ADF verdicts on processes
-whose answer is known, the summary entries against direct tests of the training period, and log
-windows scored in original units (a perfect forecast scores 0, a no-change one the naive's)."""
+whose answer is known, the forecast report's summary entries against direct tests of the
+training period, and log windows scored in original units (a perfect forecast scores 0, a
+no-change one the naive's)."""
+
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +15,7 @@ from test_sequences import _config, _eval_with_outputs, _prepared
 from research.analysis import stationarity
 from research.data.builders.series import elnino_series, sunspots_series
 from research.errors import DataError
+from research.reporting.forecasting import ForecastReport
 from research.tasks import RegressionTask, get_task
 
 
@@ -62,15 +66,24 @@ def test_summary_entries_test_levels_differences_and_the_models_view():
     assert "levels" in stationarity.describe(one) and "levels" in stationarity.describe(two)
 
 
-def test_sunspot_run_facts_hold_the_training_periods_adf_test(data_dir):
-    prepared = _prepared(_config("sunspots.py", data_dir))
+def test_the_forecast_report_tests_the_training_period_of_a_sunspot_run(data_dir, capsys):
+    config = _config("sunspots.py", data_dir)
+    prepared = _prepared(config)
     _, values = sunspots_series()
-    a = prepared.facts["periods"]["train"][1]
+    a = prepared.periods["train"][1]
     train = np.asarray(values, np.float64)[:a]
-    entries = prepared.facts["summary"]
+    np.testing.assert_allclose(prepared.train_values[:, 0], train, rtol=1e-12)
+    # The report reads only the config and the prepared data: no model is needed.
+    run = SimpleNamespace(config=config, prepared=prepared)
+    capsys.readouterr()  # what preparing the dataset printed
+    report = ForecastReport()
+    assert report.applies(run)
+    entries = report.summary(run, None, [])
     assert entries["train/adf_pvalue"] == stationarity.adf_test(train).pvalue
     assert entries["train/adf_pvalue_model"] == stationarity.adf_test(np.diff(train)).pvalue
-    assert prepared.facts["description"].startswith("ADF test on the training period")
+    report.check(run)  # prints the test when the run starts
+    assert capsys.readouterr().out == stationarity.describe(entries) + "\n"
+    assert stationarity.describe(entries).startswith("ADF test on the training period")
 
 
 def test_log_needs_a_positive_series(data_dir):
@@ -87,11 +100,16 @@ def _elnino(data_dir: str, **overrides):
 def test_log_windows_score_in_original_units(data_dir, difference):
     config = _elnino(data_dir, **{"data.series.difference": difference})
     prepared = _prepared(config)
-    task = get_task(config.task, num_classes=None, facts=prepared.facts)
+    task = get_task(
+        config.task,
+        num_classes=None,
+        output_shape=prepared.output_shape,
+        log_levels=prepared.log_levels,
+    )
     assert task.log_levels
     test = prepared.sources["test"]
     _, values = elnino_series()
-    b = prepared.facts["periods"]["test"][0]
+    b = prepared.periods["test"][0]
     np.testing.assert_allclose(test.arrays["truth"][:, 0, 0], values[b:], rtol=1e-6)
     # The windows' own targets, read back, are the truth: a perfect forecast scores ~0.
     perfect = test.arrays["targets"].reshape(len(test), -1)

@@ -1,6 +1,8 @@
 """Transfer strategies: what each trains, head replacement, the cached linear probe, anchors."""
 
+import ast
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -11,8 +13,9 @@ from flax import traverse_util
 from research import config as cfg
 from research.checkpoint import load_state
 from research.errors import ConfigError
-from research.train import loop
+from research.train import extensions, loop
 from research.train.setup import build_run
+from research.transfer import strategy
 
 CONFIG = "configs/transfer/digits.py"
 TINY = {
@@ -54,7 +57,7 @@ def _params(workdir: Path) -> dict:
     """Final params and batch_stats of a run, flattened to {"params/a/b": array}."""
     config = cfg.from_json((workdir / "config.json").read_text())
     config.data.data_dir = json.loads((workdir / "config.json").read_text())["data"]["data_dir"]
-    run = build_run(config)
+    run = build_run(config, extensions.available())
     abstract = run.par.abstract_state(run.init_fn, jax.random.PRNGKey(0))
     state = load_state(
         workdir / "checkpoints", {"params": abstract.params, "batch_stats": abstract.batch_stats}
@@ -206,7 +209,70 @@ def test_l2sp_and_ewc_stay_closer_to_the_source_and_report_retention(tmp_path, d
 def test_strategy_without_init_from_and_bad_strategy_are_config_errors(data_dir):
     with pytest.raises(ConfigError, match="needs init_from"):
         build_run(
-            _config(data_dir, init_from=None, batch_size=16, **{"transfer.strategy": "finetune"})
+            _config(data_dir, init_from=None, batch_size=16, **{"transfer.strategy": "finetune"}),
+            extensions.available(),
         )
     with pytest.raises(ConfigError, match="transfer.strategy"):
-        build_run(_config(data_dir, batch_size=16, **{"transfer.strategy": "warm"}))
+        build_run(
+            _config(data_dir, batch_size=16, **{"transfer.strategy": "warm"}),
+            extensions.available(),
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("strategy_name", "overrides", "unfreeze"),
+    [
+        ("partial", {"transfer.blocks": 2}, {}),
+        (
+            "progressive",
+            {"transfer.unfreeze_every_steps": 8},
+            {"unfreeze.groups": ["level1", "level2"], "unfreeze.at_steps": [8, 16]},
+        ),
+    ],
+)
+def test_the_workdir_records_the_rules_the_strategy_set(
+    tmp_path, data_dir, source, strategy_name, overrides, unfreeze
+):
+    workdir = _target(tmp_path, data_dir, source, strategy_name, **overrides)
+    recorded = json.loads((workdir / "optimizer_overrides.json").read_text())
+    assert set(recorded) == {"param_rules", *unfreeze}
+    assert {k: recorded[k] for k in unfreeze} == unfreeze
+    # The recorded rules (first whole-path match wins) give every parameter the group that
+    # param_rules.txt shows, so they freeze exactly its frozen rows.
+    rows = [line.split() for line in (workdir / "param_rules.txt").read_text().splitlines()[1:]]
+    shown = {path: group for path, _, group, _, _ in rows}
+    resolved = {
+        path: next(rule[1] for rule in recorded["param_rules"] if re.fullmatch(rule[0], path))
+        for path in shown
+    }
+    assert resolved == shown
+    frozen = [row for row in rows if row[2] == "frozen"]
+    assert frozen and all(row[3] == "0" for row in frozen)
+
+
+def test_runs_without_a_strategy_record_nothing_and_the_strategy_is_pure():
+    paths = ["stage1/block1/conv/kernel", "stage2/block1/conv/kernel", "fc/kernel", "head/kernel"]
+    config = cfg.load_config_file(CONFIG, None)
+    config.init_from = "/source"
+    for name in ("none", "scratch", "finetune"):
+        config.transfer.strategy = name
+        assert strategy.optimizer_overrides(config, paths) == {}
+    config.transfer.strategy = "ewc"
+    assert strategy.optimizer_overrides(config, paths) == {
+        "ewc.weight": config.transfer.weight,
+        "ewc.mode": "ewc",
+    }
+    # Below the loop: the strategy and the source weights import nothing of research/train,
+    # and building a run imports no transfer extension (no import cycle through SourceRun).
+    root = Path(__file__).parents[1] / "research"
+    for module in ("transfer/strategy.py", "transfer/source.py", "train/setup.py"):
+        imported = {
+            name
+            for node in ast.walk(ast.parse((root / module).read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module
+            for name in (node.module, *(f"{node.module}.{a.name}" for a in node.names))
+        }
+        assert "research.train.transfer" not in imported
+        if module.startswith("transfer/"):
+            assert not any(name.startswith("research.train") for name in imported)

@@ -1,4 +1,4 @@
-"""research.data.windows and research.analysis.baselines: gap filling, chronological splits and
+"""research.data.windows and research.data.baselines: gap filling, chronological splits and
 CV folds, scalers and windows against hand-computed and brute-force references, no window or
 fitted statistic sees the future, and forecast baselines on series they must fit exactly."""
 
@@ -11,8 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from research.analysis import baselines
-from research.data import windows
+from research.data import baselines, windows
 from research.errors import DataError
 
 PROPERTY = settings(max_examples=50, deadline=None)

@@ -29,9 +29,9 @@ if where == "step":
 elif where == "startup":
     from research.train import loop
     build = loop.build_run
-    def hooked(config):
+    def hooked(config, *args):
         kill()
-        return build(config)
+        return build(config, *args)
     loop.build_run = hooked
 elif where == "evaluate":
     from research.train import evaluation

@@ -19,11 +19,9 @@ from typing import Any
 
 import numpy as np
 from etils import epath
-from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
 
 from research import config as config_lib
 from research import rundir, storage, tracking
-from research.analysis import plots
 from research.errors import WorkdirError
 
 CONFIG_FILE = rundir.CONFIG
@@ -199,37 +197,6 @@ def curve_metrics(runs: Sequence[FinishedRun], wanted: Sequence[str] = DEFAULT_C
     return [m for m in wanted if m in logged]
 
 
-def plot_curves(
-    groups: Mapping[tuple, Sequence[FinishedRun]], keys: Sequence[str], metric: str, path: Path
-) -> Path | None:
-    """One line per group: the seed-mean of `metric` against the step, a loss on a log axis
-    (`plots.set_metric_yscale`). None if nothing logged."""
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    drawn = 0
-    for values, runs in groups.items():
-        steps, means = mean_curve(runs, metric)
-        if steps.size:
-            marker = "o" if steps.size < 20 else None
-            label = f"{group_label(keys, values)} (n={len(runs)})"
-            ax.plot(steps, means, marker=marker, label=label)
-            drawn += 1
-    if not drawn:
-        return None
-    plots.set_metric_yscale(ax, metric, (y for line in ax.get_lines() for y in line.get_ydata()))
-    ax.set_xlabel("step")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric}, mean over seeds")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return storage.save_figure(fig, storage.workdir_path(path), dpi=100)
-
-
-def curves_path(outdir: Path, metric: str) -> Path:
-    """`<outdir>/curves_eval_accuracy.png` for `eval/accuracy`: one file per metric."""
-    return outdir / f"curves_{metric.replace('/', '_')}.png"
-
-
 def convergence(run: FinishedRun, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Steps, values of `metric` and the wall time of each (NaN where a record has none).
 
@@ -274,38 +241,3 @@ def add_steps_to(runs: Iterable[FinishedRun], metric: str, target: float) -> lis
             run.summary[names[0]] = step
         run.summary[names[1]] = float(not math.isnan(step))
     return names
-
-
-def plot_convergence(
-    groups: Mapping[tuple, Sequence[FinishedRun]], keys: Sequence[str], metric: str, path: Path
-) -> Path | None:
-    """`metric` of every run against the step (left) and the wall time (right), one line per run,
-    one colour per group (its values of `keys`); a loss on a log axis (`plots.set_metric_yscale`).
-    None if no run logged the metric."""
-    fig = Figure(figsize=(11, 4))
-    by_step, by_time = fig.subplots(1, 2)
-    drawn = 0
-    for index, (values, runs) in enumerate(groups.items()):
-        label = group_label(keys, values) if keys else None
-        for run in runs:
-            steps, ys, times = convergence(run, metric)
-            if not steps.size:
-                continue
-            style = {"color": f"C{index % 10}", "marker": "o" if steps.size < 20 else None}
-            by_step.plot(steps, ys, label=label, **style)
-            timed = np.isfinite(times)
-            by_time.plot(times[timed], ys[timed], **style)
-            label, drawn = None, drawn + 1  # one legend entry per group
-    if not drawn:
-        return None
-    plotted = [y for line in by_step.get_lines() for y in line.get_ydata()]
-    for ax, xlabel in ((by_step, "step"), (by_time, "wall time of training (s)")):
-        plots.set_metric_yscale(ax, metric, plotted)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(metric)
-    by_step.set_title(f"{metric} against the step")
-    by_time.set_title(f"{metric} against the wall time")
-    if keys:
-        by_step.legend(fontsize=7)
-    fig.tight_layout()
-    return storage.save_figure(fig, storage.workdir_path(path), dpi=100)

@@ -22,7 +22,8 @@ from matplotlib.figure import Figure  # no pyplot: no global backend or figure r
 from research import storage
 from research.errors import ConfigError
 from research.models.layers import dense
-from research.models.recurrent import RecurrentNet, _as_sequence, make_cell
+from research.models.recurrent import RecurrentNet, as_sequence, make_cell
+from research.reporting import figures
 
 LossFn = Callable[[jax.Array], jax.Array]
 
@@ -61,7 +62,7 @@ def _embedded(model: RecurrentNet, params: Mapping, inputs: jax.Array) -> jax.Ar
     if getattr(model, "vocab_size", 0):  # models without a vocabulary field take features
         embed = nn.Embed(model.vocab_size, model.embed_dim, dtype=model.dtype)
         x = embed.apply({"params": params["embed"]}, x)
-    return _as_sequence(x).astype(model.dtype)
+    return as_sequence(x).astype(model.dtype)
 
 
 def _run_layer(
@@ -140,4 +141,5 @@ def plot_hidden_gradients(
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    return storage.save_figure(fig, storage.workdir_path(path), dpi=120, bbox_inches="tight")
+    path = storage.workdir_path(path)
+    return figures.save(fig, path, dpi=120, layout=False, bbox_inches="tight")

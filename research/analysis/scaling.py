@@ -28,6 +28,7 @@ from scipy import optimize
 from research import rundir, storage
 from research.analysis.collect import FinishedRun, is_number
 from research.errors import ConfigError, WorkdirError
+from research.reporting import figures
 
 AXES = ("params", "data", "compute")
 PARAM_RULES_FILE = rundir.PARAM_RULES
@@ -185,8 +186,7 @@ def plot_fit(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    return storage.save_figure(fig, storage.workdir_path(path), dpi=100)
+    return figures.save(fig, storage.workdir_path(path))
 
 
 def scaling_report(

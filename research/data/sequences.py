@@ -8,10 +8,11 @@
   (or sliding) window cross-validation over the train+eval period, the test period unchanged.
   Gaps are filled by linear interpolation within each period and only windows whose origin and
   targets were observed are kept (so no input is interpolated from the future and every target
-  is real); the augmented Dickey-Fuller test is run on the training period (facts "summary" and
-  "description"); `data.series.log` takes logarithms; the scaler is fitted on the training
-  period only; and each window carries the naive, seasonal-naive and linear-AR forecasts (the
-  AR fitted on training windows only) in original units, beside the truth.
+  is real); `data.series.log` takes logarithms; the scaler is fitted on the training period
+  only; and each window carries the naive, seasonal-naive and linear-AR forecasts (the AR
+  fitted on training windows only) in original units, beside the truth: every evaluation scores
+  them on the same windows as the model. The training period's values go with the sources, for
+  the forecast's report to test their stationarity (research/reporting/forecasting.py).
 * a text (`data.text.level` char | word): a vocabulary from the train split only (min count,
   size cap, PAD 0, OOV 1), then either classification examples padded or truncated to
   `max_length` with their real "length", or (`lm_length` > 0) next-token windows over each
@@ -27,19 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from research.analysis import baselines, stationarity
-from research.data import text, windows
+from research.data import baselines, text, windows
+from research.data.prepared import PreparedData
 from research.data.sources import ArraySource, DatasetInfo, open_source
 from research.errors import ConfigError, DataError
-
-
-@dataclasses.dataclass(frozen=True)
-class Prepared:
-    """Sources by split prefix (train/eval/test), class count, and facts the task needs."""
-
-    sources: dict[str, ArraySource]
-    num_classes: int | None
-    facts: dict[str, Any]
 
 
 def needs_preparation(d: Any) -> bool:
@@ -47,23 +39,15 @@ def needs_preparation(d: Any) -> bool:
     return d.series.input_steps > 0 or d.text.level is not None
 
 
-def prepare(d: Any, info: DatasetInfo, split_names: Mapping[str, str], batch_size: int) -> Prepared:
+def prepare(
+    d: Any, info: DatasetInfo, split_names: Mapping[str, str], batch_size: int
+) -> PreparedData:
     """The run's sources for a series or a text dataset (see the module docstring)."""
     if d.series.input_steps > 0:
         if d.tbptt:
             raise ConfigError("data.tbptt streams text windows; forecast windows are shuffled")
         return _series(d, info)
     return _text(d, info, split_names, batch_size)
-
-
-def token_facts(sources: Mapping[str, Any]) -> dict[str, Any]:
-    """The vocabulary size of a dataset stored as token ids ("inputs"/"targets" ints)."""
-    train = sources["train"]
-    arrays = train.arrays if isinstance(train, ArraySource) else None
-    if arrays is None or "inputs" not in arrays or arrays["inputs"].dtype.kind not in "iu":
-        return {}
-    top = max(int(arrays[k].max()) for k in ("inputs", "targets") if k in arrays)
-    return {"vocab_size": top + 1}
 
 
 # --- series -------------------------------------------------------------------------------
@@ -139,29 +123,26 @@ def cut_series(
     return SeriesWindows(filled, levels, scaler, targets, made)
 
 
-def _series(d: Any, info: DatasetInfo) -> Prepared:
+def _series(d: Any, info: DatasetInfo) -> PreparedData:
     s = d.series
     raw = read_series(d, info)
     periods = series_periods(d, len(raw))
     cut = cut_series(raw, periods, s, info.name)
     filled, targets = cut.filled, cut.targets
-    entries = stationarity.summary_entries(
-        filled[slice(*periods["train"])][:, list(targets)], log=s.log, difference=s.difference
-    )
     order = s.ar_order or s.input_steps
     train_origins = cut.windows["train"]["origin"]
     ar = baselines.LinearAR.fit(filled, train_origins, s.horizon, order, targets)
     sources = {
         prefix: ArraySource(_forecast_records(w, cut, s, ar)) for prefix, w in cut.windows.items()
     }
-    facts = {
-        "output_shape": (s.horizon, len(targets)),
-        "periods": periods,
-        "log_levels": bool(s.log),
-        "summary": entries,
-        "description": stationarity.describe(entries) if entries else None,
-    }
-    return Prepared(sources, None, facts)
+    return PreparedData(
+        sources,
+        None,
+        output_shape=(s.horizon, len(targets)),
+        log_levels=bool(s.log),
+        periods=periods,
+        train_values=filled[slice(*periods["train"])][:, list(targets)],
+    )
 
 
 def _observed_only(
@@ -226,7 +207,9 @@ def _forecast_records(
 # --- text ---------------------------------------------------------------------------------
 
 
-def _text(d: Any, info: DatasetInfo, split_names: Mapping[str, str], batch_size: int) -> Prepared:
+def _text(
+    d: Any, info: DatasetInfo, split_names: Mapping[str, str], batch_size: int
+) -> PreparedData:
     t = d.text
     if t.field not in info.features:
         raise DataError(
@@ -241,18 +224,17 @@ def _text(d: Any, info: DatasetInfo, split_names: Mapping[str, str], batch_size:
         for prefix, arrays in raw.items()
     }
     vocab = text.Vocabulary.build(tokens["train"], min_count=t.min_count, max_size=t.max_vocab)
-    facts = {"vocab_size": len(vocab), "vocabulary": vocab}
     if t.lm_length:
         sources = {p: _lm_source(vocab, toks, t.lm_length) for p, toks in tokens.items()}
         if d.tbptt:
             sources["train"] = streams(sources["train"], batch_size)
-        return Prepared(sources, None, facts)
+        return PreparedData(sources, None, vocab_size=len(vocab), vocabulary=vocab)
     if d.tbptt:
         raise ConfigError("data.tbptt needs language-model windows (data.text.lm_length > 0)")
     sources = {
         p: _classification_source(vocab, raw[p][t.field], raw[p]["label"], t) for p in split_names
     }
-    return Prepared(sources, info.num_classes, facts)
+    return PreparedData(sources, info.num_classes, vocab_size=len(vocab), vocabulary=vocab)
 
 
 def _classification_source(

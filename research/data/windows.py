@@ -28,7 +28,7 @@ _SCALER_KINDS = ("standard", "minmax", "none")
 _FOLD_MODES = ("expanding", "sliding")
 
 
-def _as_2d(values: np.ndarray, name: str = "values") -> np.ndarray:
+def as_2d(values: np.ndarray, name: str = "values") -> np.ndarray:
     """`values` as an [N, F] array; a 1-D series becomes one column."""
     values = np.asarray(values)
     if values.ndim == 1:
@@ -47,7 +47,7 @@ def fill_gaps(values: np.ndarray) -> np.ndarray:
     """Linearly interpolate NaNs over time, column by column; NaNs before the first (after the
     last) observation take that observation. Keeps the input's shape and float dtype."""
     original = np.asarray(values)
-    filled = _float(_as_2d(original)).copy()
+    filled = _float(as_2d(original)).copy()
     time = np.arange(len(filled))
     for column in range(filled.shape[1]):
         observed = ~np.isnan(filled[:, column])
@@ -103,7 +103,7 @@ class Scaler:
         NaNs are ignored, so it can be fitted before `fill_gaps`."""
         if kind not in _SCALER_KINDS:
             raise DataError(f"Scaler kind must be one of {_SCALER_KINDS}, got {kind!r}")
-        values = _as_2d(values).astype(np.float64)
+        values = as_2d(values).astype(np.float64)
         if len(values) == 0 or np.isnan(values).all(axis=0).any():
             raise DataError(f"Scaler.fit needs an observed value in every column of {kind!r}")
         if kind == "none":
@@ -141,7 +141,7 @@ class Scaler:
         return values * scale + center
 
 
-def _target_columns(targets: Sequence[int] | None, width: int) -> np.ndarray:
+def target_columns(targets: Sequence[int] | None, width: int) -> np.ndarray:
     """Target column indices (None: all), checked against the number of features."""
     if targets is None:
         return np.arange(width)
@@ -191,8 +191,8 @@ def make_windows(
     targets are values[t0+h]-values[t0]. Returns float32 "inputs" [W, input_steps, F],
     "targets" [W, horizon, C], "last" [W, C] (values[t0]) and int64 "origin" [W].
     """
-    values = _as_2d(values).astype(np.float64)
-    columns = _target_columns(targets, values.shape[1])
+    values = as_2d(values).astype(np.float64)
+    columns = target_columns(targets, values.shape[1])
     origins = _window_origins(len(values), input_steps, horizon, start, end, stride, difference)
     input_index = origins[:, None] + np.arange(1 - input_steps, 1)[None, :]
     inputs = values[input_index]
@@ -218,8 +218,8 @@ def observed_windows(
     """[W] booleans: true where the origin row (every column) and the targets' values (target
     columns, steps t0+1 .. t0+horizon) of `raw` [N, F] (NaN at gaps) were observed. Such a window
     reads no future through gap filling, and it is scored against real values only."""
-    raw = _as_2d(raw)
-    columns = _target_columns(targets, raw.shape[1])
+    raw = as_2d(raw)
+    columns = target_columns(targets, raw.shape[1])
     origins = np.asarray(origins, dtype=np.int64)
     steps = origins[:, None] + np.arange(1, horizon + 1)[None, :]
     origin_seen = ~np.isnan(raw[origins]).any(axis=1)

@@ -184,7 +184,7 @@ class RecurrentNet(nn.Module):
     ) -> tuple[jax.Array, dict]:
         if self.vocab_size:
             x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, name="embed")(x)
-        x = _as_sequence(x).astype(self.dtype)
+        x = as_sequence(x).astype(self.dtype)
         seq_lengths = _lengths(seq_lengths, mask)
         real = _real_steps(x.shape[0], x.shape[1], seq_lengths)
         options = {
@@ -223,7 +223,7 @@ class RecurrentNet(nn.Module):
         return outputs.astype(jnp.float32), aux
 
 
-def _as_sequence(x: jax.Array) -> jax.Array:
+def as_sequence(x: jax.Array) -> jax.Array:
     """(batch, time) -> (batch, time, 1); (batch, time, a, b, ...) -> (batch, time, a * b * ...)."""
     if x.ndim < 2:
         raise DataError(f"a recurrent model needs (batch, time, features) inputs, got {x.shape}")

@@ -45,14 +45,16 @@ def get_task(
     num_classes: int | None,
     total_steps: int = 1,
     input_size: int = 0,
-    facts: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    output_shape: tuple[int, ...] | None = None,
+    log_levels: bool = False,
 ) -> Task:
-    """Instantiate the task named by `task.name` with the dataset's facts it needs.
+    """Instantiate the task named by `task.name` with what it needs to know of the data.
 
-    `facts` come from prepared sequence data (research.data.sequences): the targets'
-    "output_shape" (horizon, columns) of a forecast and whether it is of "log_levels", the
-    "vocab_size" of a tokenized text.
+    The last three come from prepared data (research.data.prepared.PreparedData): the
+    `vocab_size` of token data, and of forecast windows the targets' `output_shape` (horizon,
+    columns) and whether they are `log_levels`.
     The model is then built with `task.model_outputs` outputs (1 for binary_classification).
     """
-    info = TaskData(num_classes, input_size, total_steps, dict(facts or {}))
+    info = TaskData(num_classes, input_size, total_steps, vocab_size, output_shape, log_levels)
     return build(_ENTRIES, task_config, info)

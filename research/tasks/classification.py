@@ -16,13 +16,14 @@ import numpy as np
 import optax
 
 from research import data
-from research.analysis import plots
 from research.errors import ConfigError
+from research.reporting.confusion import confusion_matrix
+from research.tasks.base import Task
 from research.tasks.registry import TaskData, TaskEntry
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassificationTask:
+class ClassificationTask(Task):
     """Labels in `batch['label']` (int), images or features in `batch['image']`."""
 
     num_classes: int
@@ -110,7 +111,7 @@ class ClassificationTask:
 
     def plots(self, sums: dict[str, Any], directory: Path, prefix: str) -> list[Path]:
         """A heatmap of the confusion matrix."""
-        return [plots.confusion_matrix(sums["confusion"], directory / f"{prefix}_confusion.png")]
+        return [confusion_matrix(sums["confusion"], directory / f"{prefix}_confusion.png")]
 
 
 @dataclasses.dataclass(frozen=True)

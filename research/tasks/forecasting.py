@@ -104,7 +104,8 @@ class RegressionTask(SequenceInputs):
         return out
 
     def plots(self, sums: dict[str, Any], directory: Path, prefix: str) -> list[Path]:
-        """No figures from the sums (forecast-vs-truth plots need the model: sequence artifacts)."""
+        """No figures from the sums (forecast-vs-truth plots need the model: the forecast's
+        report, research/reporting/forecasting.py)."""
         del sums, directory, prefix
         return []
 
@@ -141,8 +142,8 @@ def _regression_record(record: dict, *, output_shape: Sequence[int]) -> dict:
 
 def _regression(options: dict[str, Any], info: TaskData) -> RegressionTask:
     return RegressionTask(
-        output_shape=tuple(info.facts.get("output_shape", (1, 1))),
-        log_levels=bool(info.facts.get("log_levels", False)),
+        output_shape=tuple(info.output_shape or (1, 1)),
+        log_levels=info.log_levels,
         **options,
     )
 

@@ -38,6 +38,7 @@ import optax
 from research import data
 from research.errors import ConfigError
 from research.tasks import autoencoding as ae
+from research.tasks.base import Task
 from research.tasks.registry import TaskData, TaskEntry
 
 LOSSES = ("mse", "bce")
@@ -47,7 +48,7 @@ _BCE_EPS = 1e-7  # clipping of probabilities in the BCE of a gaussian decoder's 
 
 
 @dataclasses.dataclass(frozen=True)
-class ReconstructionTask:
+class ReconstructionTask(Task):
     """Images in `batch['image']` are both the (possibly corrupted) input and the target."""
 
     input_size: int = 0  # values per example: the output width a flat (MLP) model needs

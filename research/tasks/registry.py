@@ -21,7 +21,14 @@ from typing import Any
 from research.errors import ConfigError
 
 # Task fields that come from the data or the run length, never from `config.task`.
-FROM_DATA = ("num_classes", "input_size", "steps_per_task", "output_shape", "log_levels")
+FROM_DATA = (
+    "num_classes",
+    "input_size",
+    "steps_per_task",
+    "vocab_size",
+    "output_shape",
+    "log_levels",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,9 +38,9 @@ class TaskData:
     num_classes: int | None = None
     input_size: int = 0
     total_steps: int = 1
-    # Facts of prepared sequence data: a forecast's "output_shape" (horizon, columns) and whether
-    # it is of "log_levels", a tokenized text's "vocab_size".
-    facts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    vocab_size: int | None = None  # token data: the vocabulary's size
+    output_shape: tuple[int, ...] | None = None  # forecast windows: (horizon, target columns)
+    log_levels: bool = False  # forecast windows are cut from log(values)
 
 
 Builder = Callable[[dict[str, Any], TaskData], Any]
@@ -62,7 +69,7 @@ def build(entries: Mapping[str, TaskEntry], task_config: Mapping[str, Any], data
 
 def _check_options(name: str, cls: type, options: Mapping[str, Any]) -> None:
     """An option the task does not have is a ConfigError naming it and the nearest one."""
-    known = sorted({f.name for f in dataclasses.fields(cls)} - set(FROM_DATA) - {"vocab_size"})
+    known = sorted({f.name for f in dataclasses.fields(cls)} - set(FROM_DATA))
     unknown = sorted(set(options) - set(known))
     if unknown:
         near = difflib.get_close_matches(unknown[0], known, n=1)

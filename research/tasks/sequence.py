@@ -159,12 +159,12 @@ def _sequence_classification(options: dict[str, Any], info: TaskData) -> Sequenc
 
 
 def _language_model(options: dict[str, Any], info: TaskData) -> LanguageModelTask:
-    if not info.facts.get("vocab_size"):
+    if not info.vocab_size:
         raise ConfigError(
             "task 'language_model' needs token data: set info.text.level (char | word) or "
             "use a dataset of token ids (e.g. copy_memory)"
         )
-    return LanguageModelTask(vocab_size=int(info.facts["vocab_size"]), **options)
+    return LanguageModelTask(vocab_size=int(info.vocab_size), **options)
 
 
 ENTRIES = {

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from research import data
-from research.analysis import plots
+from research.reporting import curves
 from research.train.setup import Run
 
 
@@ -64,8 +64,8 @@ def summarize(
 
 def plot(run: Run, rows: list[dict], test_sums: dict, directory: Path) -> list[Path]:
     """Learning curves for every logged metric, plus the task's figures of the test pass."""
-    figures = [plots.learning_curves(rows, directory / "learning_curves.png")]
-    figures.append(plots.gradient_norms(rows, directory / "gradient_norms.png"))
+    figures = [curves.learning_curves(rows, directory / "learning_curves.png")]
+    figures.append(curves.gradient_norms(rows, directory / "gradient_norms.png"))
     figures += run.task.plots(test_sums, directory, "test")
     return [f for f in figures if f is not None]
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from research.train.artifacts import ClassificationReport
+from research.reporting.classification import ClassificationReport
+from research.reporting.forecasting import ForecastReport
+from research.reporting.generative import GenerativeReport
+from research.reporting.sequence import SequenceReport
 from research.train.continual import ContinualStages
+from research.train.distillation import Distillation
 from research.train.extension import Extension
-from research.train.generative_artifacts import GenerativeReport
-from research.train.sequence_artifacts import SequenceReport
-from research.train.teacher import Distillation
 from research.train.transfer import Transfer
 
 
@@ -25,8 +26,15 @@ def _all() -> tuple[Extension, ...]:
         ContinualStages(),
         ClassificationReport(),
         GenerativeReport(),
+        ForecastReport(),
         SequenceReport(),
     )
+
+
+def available() -> tuple[Extension, ...]:
+    """Every feature, in phase order: what `build_run` asks for optimizer overrides (the run,
+    and with it `applies`, does not exist yet)."""
+    return _all()
 
 
 def check(run: Any) -> None:

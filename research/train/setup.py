@@ -7,7 +7,7 @@ surfaces here as a UserError, so a failed start leaves the workdir untouched.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -16,19 +16,35 @@ import ml_collections
 import numpy as np
 
 from research import config as cfg
-from research import data, storage
+from research import data
 from research.data import sequences
+from research.data.prepared import PreparedData, stored_vocab_size
 from research.data.subsets import SubsetSource, labels_of
 from research.errors import ConfigError
-from research.models import get_model
+from research.models import RecurrentNet, get_model
+from research.models.linear_head import LinearHead
 from research.optim import Optimizer, build_optimizer
 from research.optim.mixup import make_batch_mixer
 from research.parallel import Parallel
 from research.tasks import ClassificationTask, Task, get_task
-from research.train import transfer
+from research.train.extension import Extension
 from research.train.state import make_init_fn
 from research.train.step import make_eval_step, make_train_step
-from research.train.teacher import Teacher, load_teacher
+from research.train.step_parts import (
+    BatchMix,
+    Diagnostics,
+    DistillationLoss,
+    FrozenStatistics,
+    LearningRateScale,
+    MovingAverage,
+    Penalty,
+    StepPart,
+    TaskLoss,
+    TruncatedBPTT,
+)
+from research.transfer.source import cache_features, check_init_from
+from research.transfer.strategy import batch_norm_inference, caches_features, is_probe
+from research.transfer.teacher import Teacher, load_teacher
 
 # The splits a run reads, by the metric prefix they are reported under.
 SPLIT_KEYS = {"train": "train_split", "eval": "eval_split", "test": "test_split"}
@@ -50,7 +66,11 @@ class Run:
     init_fn: Callable[[jax.Array], Any]
     train_step: Callable
     eval_step: Callable
-    facts: dict[str, Any] = dataclasses.field(default_factory=dict)  # from sequence data
+    # The data as prepared (its vocabulary, a series' periods and training period); `sources`
+    # are its sources or derived from them (cached features of a linear probe).
+    prepared: PreparedData
+    # Config keys the extensions set for the optimizer alone (optimizer_overrides.json).
+    optimizer_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def total_steps(self) -> int:
@@ -58,21 +78,25 @@ class Run:
         return self.config.total_steps
 
 
-def build_run(config: ml_collections.ConfigDict) -> Run:
-    """Resolve the config against the dataset and build model, task, optimizer and steps."""
+def build_run(config: ml_collections.ConfigDict, extensions: Sequence[Extension] = ()) -> Run:
+    """Resolve the config against the dataset and build model, task, optimizer and steps;
+    the optimizer with the `extensions`' optimizer overrides (a transfer strategy's rules)."""
     info = data.dataset_info(config.data.name, config.data.data_dir)
-    sources, num_classes, facts = _open_sources(config, info)
+    prepared = _open_sources(config, info)
+    sources, num_classes = prepared.sources, prepared.num_classes
     config = cfg.resolve(config, num_train_examples=len(sources["train"]))
     par = Parallel.create(config.parallel.mode, config.parallel.num_devices)
     cfg.check_batch_divides(config, par.num_devices)
-    _check_init_from(config)
+    check_init_from(config)
     first = sources["train"][0]
     task = get_task(
         config.task,
         num_classes=num_classes,
         total_steps=config.total_steps,
         input_size=int(np.prod(np.shape(first["image"]))) if "image" in first else 0,
-        facts=facts,
+        vocab_size=prepared.vocab_size,
+        output_shape=prepared.output_shape,
+        log_levels=prepared.log_levels,
     )
     transform = _image_transform(config.data, task.transform())
     augment = data.make_augment(**config.data.augment)
@@ -83,47 +107,34 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
         num_classes=task.model_outputs,
         bn_axis_name=par.axis_name,
         input_shape=inputs.shape[1:],
-        vocab_size=facts.get("vocab_size"),
+        vocab_size=prepared.vocab_size,
     )
-    if hasattr(task, "check_model"):  # e.g. a VAE objective needs a model with a Gaussian encoder
-        task.check_model(model)
-    if transfer.caches_features(config):
+    task.check_model(model)  # e.g. a VAE objective needs a model with a Gaussian encoder
+    if caches_features(config):
         if augment is not None:
             raise ConfigError(
                 "transfer.cache_features computes features once, without data.augment; "
                 "turn augmentation off or set transfer.cache_features=False"
             )
         abstract = _abstract_variables(model, inputs, par)
-        sources = transfer.cache_features(config, model, sources, transform, abstract)
-        model = transfer.LinearHead(task.model_outputs, kernel_init=_head_init(model))
+        sources = cache_features(config, model, sources, transform, abstract)
+        model = LinearHead.like(model, task.model_outputs)
         transform = task.transform()
         inputs = sources["train"].take([0])["image"]
     abstract_params = _abstract_params(model, inputs)
-    optimizer = build_optimizer(transfer.effective_config(config, abstract_params), abstract_params)
-    ema_decay = config.optimizer.ema_decay
-    plateau = config.optimizer.schedule == "plateau"
+    optimizer_config, overrides = _optimizer_config(config, abstract_params, extensions)
+    optimizer = build_optimizer(optimizer_config, abstract_params)
     teacher = load_teacher(config.distill, task.model_outputs, inputs)
-    init_fn = make_init_fn(
-        model,
-        optimizer.tx,
-        inputs,
-        ema=ema_decay is not None,
-        lr_scale=plateau,
-        teacher_variables=teacher.abstract_variables if teacher else None,
-        carry=_zero_carry(model, config),
-    )
+    parts = _step_parts(config, task, optimizer, par, teacher, _zero_carry(model, config))
+    init_fn = make_init_fn(model, optimizer.tx, inputs, parts)
     train_step = make_train_step(
         model,
         task,
         optimizer,
+        parts,
         axis_name=par.axis_name,
-        freeze_frozen_batch_norm=config.unfreeze.batch_norm == "frozen",
-        batch_norm_inference=transfer.batch_norm_inference(config),
-        inference_mode=transfer.is_probe(config),
-        diagnostics=config.diagnostics,
-        ema_decay=ema_decay,
-        batch_mixer=_batch_mixer(config, task, par),
-        teacher=teacher,
+        batch_norm_inference=batch_norm_inference(config),
+        inference_mode=is_probe(config),
     )
     eval_step = make_eval_step(model, task, axis_name=par.axis_name)
     return Run(
@@ -139,7 +150,8 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
         init_fn=init_fn,
         train_step=par.compile_train_step(train_step),
         eval_step=par.compile_eval_step(eval_step),
-        facts=facts,
+        prepared=prepared,
+        optimizer_overrides=overrides,
     )
 
 
@@ -160,6 +172,35 @@ def split_names(d: Any, sizes: dict[str, int]) -> dict[str, str]:
     lo, hi = round(fold * n / k), round((fold + 1) * n / k)
     rest = [f"{train}[:{lo}]" if lo else "", f"{train}[{hi}:]" if hi < n else ""]
     return {**names, "train": "+".join(r for r in rest if r), "eval": f"{train}[{lo}:{hi}]"}
+
+
+def _step_parts(
+    config: Any,
+    task: Task,
+    optimizer: Optimizer,
+    par: Parallel,
+    teacher: Teacher | None,
+    zero_carry: Any,
+) -> tuple[StepPart, ...]:
+    """The train step's parts the config asks for, in the order their hooks run."""
+    c = config
+    parts: list[StepPart] = [TaskLoss(task) if teacher is None else DistillationLoss(task, teacher)]
+    if optimizer.regularizer is not None:
+        parts.append(Penalty(optimizer.regularizer))
+    mixer = _batch_mixer(config, task, par)
+    if mixer is not None:
+        parts.append(BatchMix(mixer))
+    if zero_carry is not None:
+        parts.append(TruncatedBPTT(zero_carry))
+    if c.optimizer.schedule == "plateau":
+        parts.append(LearningRateScale())
+    if c.optimizer.ema_decay is not None:
+        parts.append(MovingAverage(c.optimizer.ema_decay))
+    if c.unfreeze.batch_norm == "frozen":
+        parts.append(FrozenStatistics(optimizer))
+    if c.diagnostics:
+        parts.append(Diagnostics(optimizer.table, par.axis_name))
+    return tuple(parts)
 
 
 def _batch_mixer(config: Any, task: Task, par: Parallel) -> Callable | None:
@@ -193,38 +234,51 @@ def _abstract_variables(model: nn.Module, inputs: jax.Array, par: Parallel) -> d
     }
 
 
+def _optimizer_config(
+    config: ml_collections.FrozenConfigDict, params: Any, extensions: Sequence[Extension]
+) -> tuple[ml_collections.FrozenConfigDict, dict[str, Any]]:
+    """(the config the optimizer is built from, the keys the extensions set in it): each
+    extension in turn sees the config as the ones before it left it."""
+    overrides: dict[str, Any] = {}
+    for extension in extensions:
+        changed = extension.optimizer_overrides(config, params)
+        if not changed:
+            continue
+        c = ml_collections.ConfigDict(config.to_dict())
+        for key, value in changed.items():
+            *sections, name = key.split(".")
+            node = c
+            for section in sections:
+                node = node[section]
+            node[name] = value
+        config = ml_collections.FrozenConfigDict(c)
+        overrides.update(changed)
+    return config, overrides
+
+
 def _abstract_params(model: nn.Module, inputs: jax.Array) -> Any:
     """The parameter tree's shapes, without allocating it (rules and masks need only paths)."""
     rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}
     return jax.eval_shape(lambda: model.init(rngs, inputs, train=False))["params"]
 
 
-def _check_init_from(config: Any) -> None:
-    path, strategy = config.init_from, config.transfer.strategy
-    if path and not storage.workdir_path(path).exists():
-        raise ConfigError(f"init_from: '{path}' does not exist (a run's workdir or checkpoints/)")
-    if not path and strategy not in ("none", "scratch"):
-        raise ConfigError(f"transfer.strategy='{strategy}' needs init_from (the source weights)")
-
-
 def _zero_carry(model: nn.Module, config: Any) -> Any:
     """Truncated BPTT's starting state for the global batch (None without data.tbptt)."""
     if not config.data.tbptt:
         return None
-    if not hasattr(model, "zero_carry"):
+    if not isinstance(model, RecurrentNet):
         raise ConfigError("data.tbptt needs a recurrent model (model.name rnn | lstm | gru)")
     return model.zero_carry(config.batch_size)
 
 
-def _open_sources(config: Any, info: data.DatasetInfo) -> tuple[dict[str, Any], int | None, dict]:
-    """(sources by split prefix, class count, facts for the task): series windows and tokenized
-    text are prepared by research.data.sequences; other datasets are read as they are."""
+def _open_sources(config: Any, info: data.DatasetInfo) -> PreparedData:
+    """The run's data: series windows and tokenized text are prepared by research.data.sequences;
+    other datasets are read as they are (token ids stored as such give their vocabulary size)."""
     d = config.data
     if sequences.needs_preparation(d):
-        prepared = sequences.prepare(d, info, split_names(d, info.splits), config.batch_size)
-        return prepared.sources, prepared.num_classes, prepared.facts
+        return sequences.prepare(d, info, split_names(d, info.splits), config.batch_size)
     sources, num_classes = _open_record_sources(d, info)
-    return sources, num_classes, sequences.token_facts(sources)
+    return PreparedData(sources, num_classes, vocab_size=stored_vocab_size(sources))
 
 
 def _open_record_sources(d: Any, info: data.DatasetInfo) -> tuple[dict[str, Any], int | None]:
@@ -277,8 +331,3 @@ def _image_transform(d: Any, base: Callable[[dict], dict]) -> Callable[[dict], d
         source, _, arch = d.preprocess.partition(":")
         preprocess = port.preprocess(source, arch)
     return data.make_image_transform(base, image_size=d.image_size, preprocess=preprocess)
-
-
-def _head_init(model: nn.Module) -> str:
-    """The kernel initialiser name of the model's head (what a cached linear probe re-creates)."""
-    return getattr(model, "head_init", getattr(model, "kernel_init", "lecun"))

@@ -1,6 +1,6 @@
 """The TrainState pytree: everything a run needs to continue, and nothing else."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax
@@ -26,19 +26,13 @@ def make_init_fn(
     model: nn.Module,
     tx: optax.GradientTransformation,
     sample_input: jax.Array,
-    *,
-    ema: bool = False,
-    lr_scale: bool = False,
-    teacher_variables: Any = None,
-    carry: Any = None,
+    parts: Sequence[Any] = (),
 ) -> Callable[[jax.Array], TrainState]:
     """A pure `rng -> TrainState` for `jax.eval_shape` (shapes first) and a sharded `jax.jit`.
 
-    `ema` keeps an exponential moving average of the parameters in `extras["ema"]`; `lr_scale`
-    keeps the factor that reduce-on-plateau applies to every update in `extras["lr_scale"]`.
-    `teacher_variables` (shapes) reserve `extras["teacher"]`, filled from the teacher's run.
-    `carry` (a recurrent model's zero state for the global batch) starts `extras["carry"]`, the
-    state truncated BPTT passes from one batch of stream windows to the next.
+    `parts` are the train step's parts (research/train/step_parts.py); each adds the `extras`
+    entries it keeps (a moving average, a plateau scale, a teacher's variables, a recurrent
+    carry).
     """
 
     def init(rng: jax.Array) -> TrainState:
@@ -53,7 +47,7 @@ def make_init_fn(
             batch_stats=variables.get("batch_stats", {}),
             opt_state=tx.init(params),
             rng=state_rng,
-            extras=_extras(params, ema, lr_scale, teacher_variables, carry),
+            extras={k: v for part in parts for k, v in part.init_extras(params).items()},
         )
 
     return init
@@ -65,19 +59,6 @@ def model_variables(state: TrainState, params: Any | None = None) -> dict:
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
     return variables
-
-
-def _extras(params: Any, ema: bool, lr_scale: bool, teacher: Any, carry: Any) -> dict:
-    extras = {}
-    if carry is not None:
-        extras["carry"] = jax.tree.map(jnp.zeros_like, carry)
-    if teacher is not None:
-        extras["teacher"] = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), teacher)
-    if ema:
-        extras["ema"] = jax.tree.map(jnp.copy, params)
-    if lr_scale:
-        extras["lr_scale"] = jnp.ones((), jnp.float32)
-    return extras
 
 
 def eval_params(state: TrainState) -> Any:

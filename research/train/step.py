@@ -6,26 +6,18 @@ NamedSharding the step sees the global batch and XLA inserts the collectives.
 """
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 
 from research.optim import Optimizer
-from research.optim.diagnostics import dead_units, gradient_diagnostics
-from research.optim.layer_decay import keep_frozen_statistics
 from research.tasks import Task
 from research.train.state import TrainState, eval_params, model_variables
-from research.train.teacher import Teacher
+from research.train.step_parts import Batch, Metrics, StepKeys, StepPart, default_parts
 
-Batch = dict[str, jax.Array]
-
-# Sub-streams of a step's (per-device) key. Dropout keeps the key itself, so adding streams
-# leaves every earlier run's dropout masks bit-identical.
-SAMPLE_STREAM, PREPARE_STREAM = 1, 2
 # The eval key: fold_in(state.rng, EVAL_STREAM), fixed across evaluations so that stochastic
 # eval metrics (sampled latents, corrupted inputs) are deterministic. No train step reaches it.
 EVAL_STREAM = 2**32 - 1
@@ -35,128 +27,106 @@ def make_train_step(
     model: nn.Module,
     task: Task,
     optimizer: Optimizer,
+    parts: Sequence[StepPart] | None = None,
     *,
     axis_name: str | None = None,
-    freeze_frozen_batch_norm: bool = True,
-    batch_norm_inference: bool = False,
     inference_mode: bool = False,
-    diagnostics: bool = False,
-    ema_decay: float | None = None,
-    batch_mixer: Callable[[jax.Array, Batch], Batch] | None = None,
-    teacher: Teacher | None = None,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    batch_norm_inference: bool = False,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """`(state, batch) -> (state, metrics)`; metrics are `train/*` scalars on device.
 
-    The objective is the task loss plus the optimizer's L1/L2 penalty (reported apart, as
-    `train/penalty`). With `freeze_frozen_batch_norm`, BatchNorm statistics of modules whose
-    parameters do not train at this step keep their values; with `batch_norm_inference`
-    every BatchNorm normalises with its running statistics and leaves them unchanged (a
-    fine-tuned source model's statistics are kept); `inference_mode` runs the whole model with
-    `train=False` (a linear probe: no dropout, running statistics). `diagnostics` adds per-module
-    gradient norms, per-group update ratios and dead-ReLU fractions (research.optim.diagnostics).
-    `ema_decay` updates the parameter average in `extras["ema"]`; an `extras["lr_scale"]`
-    (reduce-on-plateau) multiplies every update. `batch_mixer` (mixup/CutMix) rewrites the
-    batch from the step's key before the model sees it, the same on any number of devices.
-    With a `teacher` the objective is its distillation loss (the task's metrics are still
-    reported; `train/distill_kl` and `train/ce` are the two parts).
-
-    Randomness: the step's key `fold_in(state.rng, step)` (folded with the device index under
-    pmap) is the model's "dropout" stream; `fold_in(key, SAMPLE_STREAM)` is its "sample" stream
-    (e.g. a VAE's reparameterisation noise) and `fold_in(key, PREPARE_STREAM)` is what
-    `task.prepare` draws from (e.g. input corruption).
+    The step is the textbook one; `parts` (research/train/step_parts.py, default: the task's
+    loss, the optimizer's penalty, frozen parts' BatchNorm statistics kept) add the rest: loss
+    terms, batch rewriting, update transforms, extras they keep, metrics. `inference_mode` runs
+    the model with `train=False` (a linear probe: no dropout, running statistics);
+    `batch_norm_inference` normalises every BatchNorm with its running statistics and leaves
+    them unchanged (a fine-tuned source model's statistics are kept).
     """
-    tx, regularizer = optimizer.tx, optimizer.regularizer
+    parts = default_parts(task, optimizer) if parts is None else tuple(parts)
+    forward = functools.partial(
+        _forward, model, task, inference_mode=inference_mode, bn_inference=batch_norm_inference
+    )
 
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        step_rng = jax.random.fold_in(state.rng, state.step)
-        rng = step_rng
-        if axis_name is not None:  # independent dropout masks per device shard
-            rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-        batch = task.prepare(batch, state.step, jax.random.fold_in(rng, PREPARE_STREAM))
-        if batch_mixer is not None:  # the undivided key: jit and pmap mix alike
-            batch = batch_mixer(step_rng, batch)
-        rngs = {"dropout": rng, "sample": jax.random.fold_in(rng, SAMPLE_STREAM)}
-        kwargs = model_kwargs(task, batch)
-        if "carry" in state.extras:  # truncated BPTT: continue each stream from its last state
-            kwargs["initial_carry"] = _reset_streams(state.extras["carry"], batch.get("reset"))
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        keys = step_keys(state, axis_name)
+        for part in parts:
+            batch = part.prepare(batch, keys, state)
+        kwargs = {k: v for part in parts for k, v in part.model_kwargs(state, batch).items()}
 
-        def loss_fn(params: Any) -> tuple[jax.Array, tuple[dict, dict]]:
-            with nn.intercept_methods(_bn_inference if batch_norm_inference else _as_is):
-                (outputs, aux), mutated = model.apply(
-                    model_variables(state, params),
-                    task.inputs(batch),
-                    train=not inference_mode,
-                    rngs=rngs,
-                    mutable=["batch_stats"],
-                    **kwargs,
-                )
-            loss, metrics = task.loss(outputs, aux, batch)
-            if teacher is not None:
-                loss, parts = teacher.loss(outputs, teacher_logits, batch)
-                metrics = {**metrics, **parts}
-            if regularizer is not None:
-                metrics = {**metrics, "penalty": regularizer(params)}
-                loss = loss + metrics["penalty"]
-            return loss, (metrics, mutated, aux)
+        def objective(params: Any) -> tuple[jax.Array, tuple[Metrics, dict, dict]]:
+            outputs, aux, mutated = forward(state, params, batch, keys, kwargs)
+            terms = [part.loss(state, params, batch, outputs, aux) for part in parts]
+            terms = [term for term in terms if term is not None]
+            loss = functools.reduce(lambda total, term: total + term, [v for v, _ in terms])
+            return loss, ({k: v for _, m in terms for k, v in m.items()}, mutated, aux)
 
-        if teacher is not None:
-            teacher_logits = teacher.logits(state.extras["teacher"], task.inputs(batch))
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        grad_fn = jax.value_and_grad(objective, has_aux=True)
         (_, (metrics, mutated, aux)), grads = grad_fn(state.params)
-        if axis_name is not None:
+        if axis_name is not None:  # each device saw its own shard
             grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        if "lr_scale" in state.extras:
-            updates = jax.tree.map(lambda u: u * state.extras["lr_scale"], updates)
-        if diagnostics:
-            metrics = {
-                **metrics,
-                **gradient_diagnostics(grads, updates, state.params, optimizer.table),
-                **dead_units(aux, axis_name),
-            }
-        batch_stats = mutated.get("batch_stats", state.batch_stats)
-        if freeze_frozen_batch_norm and state.batch_stats:
-            trainable = optimizer.trainable(optimizer.update_step(state.step))
-            batch_stats = keep_frozen_statistics(state.batch_stats, batch_stats, trainable)
-        params = optax.apply_updates(state.params, updates)
+        updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params)
+        for part in parts:
+            updates = part.transform_updates(state, updates)
         new_state = state.replace(
             step=state.step + 1,
-            params=params,
-            batch_stats=batch_stats,
+            params=optax.apply_updates(state.params, updates),
+            batch_stats=mutated.get("batch_stats", state.batch_stats),
             opt_state=opt_state,
-            extras=_carried(_updated_ema(state.extras, params, ema_decay), aux),
         )
-        metrics = {
-            **metrics,
-            "grad_norm": optax.tree.norm(grads),
-            "param_norm": optax.tree.norm(new_state.params),
-            "learning_rate": _learning_rate(optimizer, state),
-        }
+        for part in parts:
+            new_state = part.after_update(state, new_state, aux)
+        metrics = {**metrics, **_norms_and_rate(optimizer, state, new_state, grads)}
+        for part in parts:
+            metrics = part.metrics(state, grads, updates, aux, metrics)
         return new_state, {f"train/{k}": v for k, v in metrics.items()}
 
     return train_step
 
 
-def model_kwargs(task: Task, batch: Batch) -> dict[str, Any]:
-    """Keyword arguments the task passes to the model besides its input (e.g. seq_lengths)."""
-    method = getattr(task, "model_kwargs", None)
-    return dict(method(batch)) if method is not None else {}
+def step_keys(state: TrainState, axis_name: str | None) -> StepKeys:
+    """The step's keys: `fold_in(state.rng, step)`, folded with the device index under pmap
+    (independent dropout masks per device shard)."""
+    step_key = jax.random.fold_in(state.rng, state.step)
+    if axis_name is None:
+        return StepKeys(step_key, step_key)
+    return StepKeys(step_key, jax.random.fold_in(step_key, jax.lax.axis_index(axis_name)))
 
 
-def _reset_streams(carry: Any, reset: jax.Array | None) -> Any:
-    """Zero the carried state of the streams that start over in this batch (`reset` == 1)."""
-    if reset is None:
-        return carry
-    keep = 1.0 - reset.astype(jnp.float32)
-    return jax.tree.map(lambda c: c * keep.reshape((-1,) + (1,) * (c.ndim - 1)), carry)
+def _forward(
+    model: nn.Module,
+    task: Task,
+    state: TrainState,
+    params: Any,
+    batch: Batch,
+    keys: StepKeys,
+    kwargs: dict,
+    *,
+    inference_mode: bool,
+    bn_inference: bool,
+) -> tuple[Any, dict, dict]:
+    """(outputs, aux, updated collections) of the model in training."""
+    with nn.intercept_methods(_bn_inference if bn_inference else _as_is):
+        (outputs, aux), mutated = model.apply(
+            model_variables(state, params),
+            task.inputs(batch),
+            train=not inference_mode,
+            rngs={"dropout": keys.dropout, "sample": keys.sample},
+            mutable=["batch_stats"],
+            **kwargs,
+        )
+    return outputs, aux, mutated
 
 
-def _carried(extras: dict, aux: dict) -> dict:
-    """Truncated BPTT: the final states become the next batch's start, with no gradient path
-    back into this batch (the carry is a constant to the next step's differentiation)."""
-    if "carry" not in extras:
-        return extras
-    return {**extras, "carry": jax.lax.stop_gradient(aux["carry"])}
+def _norms_and_rate(
+    optimizer: Optimizer, state: TrainState, new_state: TrainState, grads: Any
+) -> Metrics:
+    """Every step's own metrics: gradient and parameter norms, the base learning rate."""
+    rate = optimizer.schedule(optimizer.update_step(state.step))
+    return {
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(new_state.params),
+        "learning_rate": jax.numpy.asarray(rate, jax.numpy.float32),
+    }
 
 
 def _bn_inference(next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
@@ -181,28 +151,14 @@ def _as_is(next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
     return next_fun(*args, **kwargs)
 
 
-def _learning_rate(optimizer: Optimizer, state: TrainState) -> jax.Array:
-    """The base learning rate of this step, times the reduce-on-plateau scale if any."""
-    lr = jnp.asarray(optimizer.schedule(optimizer.update_step(state.step)), jnp.float32)
-    return lr * state.extras["lr_scale"] if "lr_scale" in state.extras else lr
-
-
-def _updated_ema(extras: dict, params: Any, decay: float | None) -> dict:
-    if decay is None:
-        return extras
-    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, extras["ema"], params)
-    return {**extras, "ema": ema}
-
-
 def make_eval_step(
     model: nn.Module, task: Task, *, axis_name: str | None = None
 ) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
     """`(state, batch) -> sums`: the task's masked statistics for one (padded) batch.
 
     The model gets a "sample" key fixed for the run (from `state.rng`, folded with the device
-    index under pmap), so evaluating the same state twice gives the same sums. A task with an
-    `eval_outputs(apply, batch, rng)` method runs the model itself (e.g. several posterior
-    samples per example); `apply` is `model.apply` with the evaluated variables bound.
+    index under pmap), so evaluating the same state twice gives the same sums. The task runs
+    the model (`task.eval_outputs`; e.g. several posterior samples per example).
     """
 
     def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
@@ -210,15 +166,8 @@ def make_eval_step(
         rng = jax.random.fold_in(state.rng, EVAL_STREAM)
         if axis_name is not None:
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-        eval_outputs = getattr(task, "eval_outputs", None)
-        if eval_outputs is not None:
-            outputs, aux = eval_outputs(functools.partial(model.apply, variables), batch, rng)
-        else:
-            inputs = task.inputs(batch)
-            kwargs = model_kwargs(task, batch)
-            outputs, aux = model.apply(
-                variables, inputs, train=False, rngs={"sample": rng}, **kwargs
-            )
+        apply = functools.partial(model.apply, variables)
+        outputs, aux = task.eval_outputs(apply, batch, rng)
         sums = task.eval_sums(outputs, aux, batch)
         return jax.lax.psum(sums, axis_name) if axis_name is not None else sums
 

@@ -5,6 +5,8 @@ Checks come first and write nothing, so a refused start leaves the workdir as it
 
 import json
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from etils import epath
 
@@ -59,10 +61,12 @@ def write_run_files(
     manifest: dict,
     param_table: list[dict],
     vocabulary_json: str | None = None,
+    optimizer_overrides: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write config.json, manifest.json, param_rules.txt (the resolved per-parameter table) and,
-    for token data, vocab.json (id -> token, to decode predictions) atomically (a kill never
-    leaves half a file).
+    """Write config.json, manifest.json, param_rules.txt (the resolved per-parameter table),
+    for token data vocab.json (id -> token, to decode predictions) and, when an extension set
+    config keys for the optimizer, optimizer_overrides.json ({dotted key: value}: what a
+    transfer strategy did beyond config.json), atomically (a kill never leaves half a file).
 
     manifest.json describes this invocation; `history` keeps when, with which code and on
     which devices every earlier invocation (a resume after preemption, say) ran.
@@ -72,6 +76,8 @@ def write_run_files(
     write_json(run.config, json.loads(config_json))
     write_json(run.manifest, {**manifest, "history": _history(run.manifest)})
     storage.write_text(run.param_rules, rules.format_table(param_table) + "\n")
+    if optimizer_overrides:
+        write_json(run.optimizer_overrides, dict(optimizer_overrides))
     if vocabulary_json is not None:
         storage.write_text(run.vocabulary, vocabulary_json)
 

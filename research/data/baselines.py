@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import LinearRegression
 
-from research.data.windows import _as_2d, _target_columns
+from research.data.windows import as_2d, target_columns
 from research.errors import DataError
 
 
@@ -24,8 +24,8 @@ def _checked(
     values: np.ndarray, origins: np.ndarray, targets: Sequence[int] | None, horizon: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(values [N, C] of the target columns as float64, origins as int64, target columns)."""
-    values = _as_2d(values).astype(np.float64)
-    columns = _target_columns(targets, values.shape[1])
+    values = as_2d(values).astype(np.float64)
+    columns = target_columns(targets, values.shape[1])
     origins = np.asarray(origins, dtype=np.int64).reshape(-1)
     if horizon < 1:
         raise DataError(f"forecast horizon must be >= 1, got {horizon}")

@@ -1,4 +1,9 @@
-"""Figures written into a run's `plots/`: learning curves, gradient norms, confusion matrix."""
+"""Metrics against the step (or the wall time) as figures: one run's learning curves and
+per-module gradient norms (its plots/), and the curves of groups of runs that
+`launch/report.py` draws from a sweep (`plot_curves`, `plot_convergence`).
+"""
+
+from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -11,7 +16,9 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
 
 from research import storage
+from research.analysis import collect
 from research.optim import layer_decay
+from research.reporting import figures
 
 SPLIT_COLORS = {"train": "C0", "eval": "C1", "test": "C2"}  # the same colour in every panel
 # Metric names (the part after the split; `naive_mse`, `distill_kl` match by their last word)
@@ -67,9 +74,12 @@ class _PlainLogFormatter(matplotlib.ticker.LogFormatterSciNotation):
         return f"{x:.3g}" if super().__call__(x, pos) else ""
 
 
+# -- one run ------------------------------------------------------------------------------------
+
+
 def learning_curves(rows: Iterable[Mapping[str, float]], path: Path) -> Path:
     """Learning curves (see `learning_curves_figure`) saved as a PNG at `path`."""
-    return _save(learning_curves_figure(rows), path)
+    return figures.save(learning_curves_figure(rows), path)
 
 
 def learning_curves_figure(rows: Iterable[Mapping[str, float]]) -> Figure:
@@ -133,28 +143,77 @@ def gradient_norms(rows: Iterable[Mapping[str, float]], path: Path) -> Path | No
     ax.set_ylabel("gradient norm")
     ax.set_title("gradient norm per module")
     ax.legend(fontsize=6, ncol=2 if len(series) > 8 else 1)
-    return _save(fig, path)
+    return figures.save(fig, path)
 
 
-def confusion_matrix(matrix: np.ndarray, path: Path, class_names: Sequence[str] = ()) -> Path:
-    """A heatmap of counts, rows = true class, columns = predicted class."""
-    matrix = np.asarray(matrix)
-    n = matrix.shape[0]
-    fig = Figure(figsize=(1.2 + 0.45 * n, 1 + 0.45 * n))
+# -- groups of runs -----------------------------------------------------------------------------
+
+
+def plot_curves(
+    groups: Mapping[tuple, Sequence[collect.FinishedRun]],
+    keys: Sequence[str],
+    metric: str,
+    path: Path,
+) -> Path | None:
+    """One line per group: the seed-mean of `metric` against the step, a loss on a log axis
+    (`set_metric_yscale`). None if nothing logged."""
+    fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    ax.imshow(matrix, cmap="Blues")
-    for (i, j), count in np.ndenumerate(matrix):
-        if count:
-            color = "white" if count > matrix.max() / 2 else "black"
-            ax.text(j, i, int(count), ha="center", va="center", fontsize=7, color=color)
-    labels = list(class_names) or [str(i) for i in range(n)]
-    ax.set_xticks(range(n), labels, rotation=90)
-    ax.set_yticks(range(n), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    return _save(fig, path)
+    drawn = 0
+    for values, runs in groups.items():
+        steps, means = collect.mean_curve(runs, metric)
+        if steps.size:
+            marker = "o" if steps.size < 20 else None
+            label = f"{collect.group_label(keys, values)} (n={len(runs)})"
+            ax.plot(steps, means, marker=marker, label=label)
+            drawn += 1
+    if not drawn:
+        return None
+    set_metric_yscale(ax, metric, (y for line in ax.get_lines() for y in line.get_ydata()))
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric}, mean over seeds")
+    ax.legend(fontsize=7)
+    return figures.save(fig, storage.workdir_path(path))
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    fig.tight_layout()
-    return storage.save_figure(fig, path, dpi=100)
+def curves_path(outdir: Path, metric: str) -> Path:
+    """`<outdir>/curves_eval_accuracy.png` for `eval/accuracy`: one file per metric."""
+    return outdir / f"curves_{metric.replace('/', '_')}.png"
+
+
+def plot_convergence(
+    groups: Mapping[tuple, Sequence[collect.FinishedRun]],
+    keys: Sequence[str],
+    metric: str,
+    path: Path,
+) -> Path | None:
+    """`metric` of every run against the step (left) and the wall time (right), one line per run,
+    one colour per group (its values of `keys`); a loss on a log axis (`set_metric_yscale`).
+    None if no run logged the metric."""
+    fig = Figure(figsize=(11, 4))
+    by_step, by_time = fig.subplots(1, 2)
+    drawn = 0
+    for index, (values, runs) in enumerate(groups.items()):
+        label = collect.group_label(keys, values) if keys else None
+        for run in runs:
+            steps, ys, times = collect.convergence(run, metric)
+            if not steps.size:
+                continue
+            style = {"color": f"C{index % 10}", "marker": "o" if steps.size < 20 else None}
+            by_step.plot(steps, ys, label=label, **style)
+            timed = np.isfinite(times)
+            by_time.plot(times[timed], ys[timed], **style)
+            label, drawn = None, drawn + 1  # one legend entry per group
+    if not drawn:
+        return None
+    plotted = [y for line in by_step.get_lines() for y in line.get_ydata()]
+    for ax, xlabel in ((by_step, "step"), (by_time, "wall time of training (s)")):
+        set_metric_yscale(ax, metric, plotted)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(metric)
+    by_step.set_title(f"{metric} against the step")
+    by_time.set_title(f"{metric} against the wall time")
+    if keys:
+        by_step.legend(fontsize=7)
+    return figures.save(fig, storage.workdir_path(path))

@@ -19,7 +19,6 @@ from research.checkpoint import load_state
 from research.errors import ConfigError
 from research.models import get_model
 from research.optim.distill import distillation_loss
-from research.train.extension import Extension
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,14 +75,3 @@ def load_teacher(distill: Any, num_outputs: int, sample_inputs: jax.Array) -> Te
         temperature=distill.temperature,
         weight=distill.weight,
     )
-
-
-class Distillation(Extension):
-    """A fresh state carries the teacher's variables in its extras (so checkpoints do too)."""
-
-    def applies(self, run: Any) -> bool:
-        return run.teacher is not None
-
-    def initial_state(self, run: Any, state: Any, rng: jax.Array) -> Any:
-        teacher = run.teacher.load(run.par.replicated)
-        return state.replace(extras={**state.extras, "teacher": teacher})

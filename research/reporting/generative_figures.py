@@ -1,4 +1,4 @@
-"""The figures of an autoencoder's or VAE's run (see research/train/generative_artifacts.py):
+"""The figures of an autoencoder's or VAE's run (see research/reporting/generative.py):
 inputs and reconstructions, prior samples, interpolation strips, latent arithmetic, latent maps
 and anomaly-score histograms, drawn from the passes over the splits that module makes.
 """
@@ -13,10 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
 
-from research import storage
 from research.analysis import anomaly
+from research.reporting import embedding, figures
 from research.tasks import autoencoding as ae
-from research.train.artifacts import embed, plot_embedding
 from research.train.setup import Run
 
 COLUMNS = 10  # images per row of the reconstruction grid and interpolation strips
@@ -34,7 +33,7 @@ def flat(values: np.ndarray) -> np.ndarray:
     return values.reshape(values.shape[0], -1).astype(np.float64)
 
 
-def figures(
+def write_figures(
     run: Run,
     fn: Any,
     variables: dict,
@@ -46,7 +45,7 @@ def figures(
     """Every figure of the run into `directory` (None where one could not be drawn)."""
     test = passes["test"]
     decode = _decode_fn(run.model)
-    figures = [
+    drawn = [
         _reconstruction_figure(run, fn, variables, test, directory, key),
         _interpolation_figure(variables, decode, test, directory),
         _arithmetic_figure(variables, decode, test, directory),
@@ -56,10 +55,10 @@ def figures(
         samples = run.model.apply(variables, SAMPLES, method="generate", rngs={"sample": key})
         samples = np.asarray(samples)
         rows = [("prior", samples[i : i + COLUMNS]) for i in range(0, SAMPLES, COLUMNS)]
-        figures.append(image_grid(rows, directory / "prior_samples.png"))
+        drawn.append(image_grid(rows, directory / "prior_samples.png"))
     if anomalous and "pca_score" in test:
-        figures.append(_score_histograms(run, passes, anomalous, directory))
-    return figures
+        drawn.append(_score_histograms(run, passes, anomalous, directory))
+    return drawn
 
 
 def _decode_fn(model: Any):
@@ -158,8 +157,9 @@ def _latent_map(run: Run, test: dict, directory: Path) -> Path | None:
     if n < 4 or not np.isfinite(latents).all() or np.ptp(latents, axis=0).max() == 0:
         print("no latent map: too few test examples, or constant or non-finite latents")
         return None
-    coords = embed(latents, seed=run.config.seed)
-    return plot_embedding(coords, test["label"][:n], directory / "test_latent_map.png", "latents")
+    coords = embedding.embed(latents, seed=run.config.seed)
+    path = directory / "test_latent_map.png"
+    return embedding.plot_embedding(coords, test["label"][:n], path, "latents")
 
 
 def _score_histograms(run: Run, passes: dict, anomalous: list, directory: Path) -> Path:
@@ -185,7 +185,7 @@ def _score_histograms(run: Run, passes: dict, anomalous: list, directory: Path) 
         ax.axvline(threshold, color="k", linestyle="--", label="threshold (validation F1)")
         ax.set_title(f"test {title}")
         ax.legend(fontsize=7)
-    return _save(fig, directory / "anomaly_scores.png")
+    return figures.save(fig, directory / "anomaly_scores.png")
 
 
 def image_grid(
@@ -207,7 +207,7 @@ def image_grid(
         axes[r, 0].set_ylabel(name, fontsize=8)
     for c, title in enumerate(titles or []):
         axes[0, c].set_title(title, fontsize=8)
-    return _save(fig, path)
+    return figures.save(fig, path)
 
 
 def _show(ax: Any, image: np.ndarray) -> None:
@@ -220,8 +220,3 @@ def _show(ax: Any, image: np.ndarray) -> None:
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0)
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    fig.tight_layout()
-    return storage.save_figure(fig, path, dpi=100)

@@ -23,23 +23,22 @@ evaluation parameters; every random draw uses keys derived from the run's seed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from etils import epath
 
 from research import data
 from research.analysis import anomaly
 from research.data.subsets import labels_of
 from research.errors import ConfigError
+from research.reporting.generative_figures import flat, pixel_means, write_figures
+from research.reporting.report import Report
 from research.tasks import ReconstructionTask
 from research.tasks import autoencoding as ae
-from research.train.extension import Extension
-from research.train.generative_figures import figures, flat, pixel_means
+from research.train.extension import RunEnd
 from research.train.setup import Run
 from research.train.state import eval_params, model_variables
 
@@ -69,26 +68,6 @@ def check_config(run: Run) -> None:
         )
     if present <= set(classes):
         raise ConfigError("evaluation.anomaly_classes leaves no normal test class")
-
-
-def write_artifacts(
-    run: Run, state: Any, directory: Path, *, plots: bool
-) -> tuple[list[Path], dict[str, Any]]:
-    """Compute the summary entries (see the module docstring) and, with `plots`, write the
-    figures into `directory`; returns (figures written, summary entries)."""
-    variables = run.par.to_host(model_variables(state, eval_params(state)))
-    key = jax.random.PRNGKey(run.config.seed)
-    fn = pass_fn(run.model, run.task)
-    passes = {p: encode_split(run, fn, variables, p, key, pixels=p != "train") for p in SPLITS}
-    summary: dict[str, Any] = {}
-    pca_test = pca_errors(passes["train"]["image"], passes["test"]["image"], _latent_size(run))
-    summary["test/pca_mse"] = float(np.mean(pca_test))
-    summary |= linear_probe(passes["train"], passes["test"], seed=run.config.seed)
-    anomalous = [int(c) for c in run.config.evaluation.anomaly_classes]
-    if anomalous:
-        summary |= _anomaly_entries(run, passes, anomalous)
-    drawn = figures(run, fn, variables, passes, directory, key, anomalous) if plots else []
-    return [f for f in drawn if f is not None], summary
 
 
 # -- one pass over a split --------------------------------------------------------------------
@@ -177,7 +156,7 @@ def linear_probe(train: dict, test: dict, *, seed: int) -> dict[str, float]:
     x, y = flat(train["latent"]), train["label"]
     seen = np.isin(test["label"], np.unique(y))
     probe = LogisticRegression(max_iter=2000, random_state=seed)
-    with threadpool_limits(1):  # next to XLA's thread pools (see artifacts.embed)
+    with threadpool_limits(1):  # next to XLA's thread pools (see embedding.embed)
         probe.fit(x, y)
         return {
             "probe/train_accuracy": float(probe.score(x, y)),
@@ -204,7 +183,7 @@ def _anomaly_entries(run: Run, passes: dict, anomalous: list[int]) -> dict[str, 
     return entries
 
 
-class GenerativeReport(Extension):
+class GenerativeReport(Report):
     """The PCA baseline, the latent probe, anomaly scores and images of a reconstruction run."""
 
     def applies(self, run: Run) -> bool:
@@ -213,12 +192,24 @@ class GenerativeReport(Extension):
     def check(self, run: Run) -> None:
         check_config(run)
 
-    def finish(
-        self,
-        run: Run,
-        state: Any,
-        directory: epath.Path,
-        test_sums: dict[str, np.ndarray],
-        rows: Sequence[dict],
-    ) -> tuple[list[epath.Path], dict[str, Any]]:
-        return write_artifacts(run, state, directory, plots=bool(run.config.tracking.plots))
+    def write(self, end: RunEnd) -> tuple[list[Path | None], dict[str, Any]]:
+        """Compute the summary entries (see the module docstring) and, with `plots`, write the
+        figures into `directory`."""
+        run, state = end.run, end.state
+        variables = run.par.to_host(model_variables(state, eval_params(state)))
+        key = jax.random.PRNGKey(run.config.seed)
+        fn = pass_fn(run.model, run.task)
+        passes = {p: encode_split(run, fn, variables, p, key, pixels=p != "train") for p in SPLITS}
+        summary: dict[str, Any] = {}
+        pca_test = pca_errors(passes["train"]["image"], passes["test"]["image"], _latent_size(run))
+        summary["test/pca_mse"] = float(np.mean(pca_test))
+        summary |= linear_probe(passes["train"], passes["test"], seed=run.config.seed)
+        anomalous = [int(c) for c in run.config.evaluation.anomaly_classes]
+        if anomalous:
+            summary |= _anomaly_entries(run, passes, anomalous)
+        drawn = (
+            write_figures(run, fn, variables, passes, end.directory, key, anomalous)
+            if end.plots
+            else []
+        )
+        return drawn, summary
