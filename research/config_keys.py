@@ -98,6 +98,12 @@ def base_config() -> ml_collections.ConfigDict:
             "mode": "jit",  # jit (NamedSharding, global view) | pmap (per-device, pmean)
             "distributed": False,  # call jax.distributed.initialize() (multi-host)
             "num_devices": config_dict.placeholder(int),  # None -> all; fewer: single process only
+            # Fully sharded data parallelism (jit only): each array of the state split over
+            # groups of `fsdp` devices (research/sharding.py); 1 = every device holds it whole.
+            "fsdp": 1,
+            # (regex on the array's path in the state, axis to split or -1 = keep whole),
+            # first match wins; arrays no rule matches are split on their largest axis.
+            "fsdp_rules": (),
         }
     )
     c.tracking = _tracking_defaults()

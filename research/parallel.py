@@ -1,23 +1,30 @@
 """Data parallelism over every device of every process: one Mesh, two drivers (jit and pmap).
 
-Both drivers keep the same global view outside the step: the state is a tree of replicated
-global arrays (what checkpoints hold) and each process contributes its slice of every batch.
-`jit` runs the step on global arrays sharded with NamedSharding over the mesh's `data` axis;
-`pmap` runs it per device with explicit `pmean`/`psum` over the axis `data`; each process feeds
-its local devices, and the axis (so every collective) spans all devices of all processes.
+Both drivers keep the same global view outside the step: the state is a tree of global arrays
+(what checkpoints hold) and each process contributes its slice of every batch. `jit` runs the
+step on global arrays sharded with NamedSharding over the mesh; `pmap` runs it per device with
+explicit `pmean`/`psum` over the axis `data`; each process feeds its local devices, and the axis
+(so every collective) spans all devices of all processes.
+
+With `parallel.fsdp` = F > 1 (jit only) the mesh is 2-D, `data` x `fsdp`: batches are split
+over both axes and the state's arrays over `fsdp` (research/sharding.py), so each device holds
+about 1/F of the parameters and optimizer state. F = 1 is plain data parallelism: a 1-D `data`
+mesh and a replicated state.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from research.errors import ConfigError
+from research.sharding import FSDP_AXIS, state_specs
 
 DATA_AXIS = "data"
 
@@ -28,10 +35,18 @@ class Parallel:
 
     mode: str
     mesh: Mesh
+    fsdp_rules: tuple[tuple[str, int], ...] = ()  # (regex, axis) overrides (research/sharding)
 
     @classmethod
-    def create(cls, mode: str = "jit", num_devices: int | None = None) -> Parallel:
-        """A 1-D `data` mesh over all devices (or the first `num_devices`, single-process only)."""
+    def create(
+        cls,
+        mode: str = "jit",
+        num_devices: int | None = None,
+        fsdp: int = 1,
+        fsdp_rules: Sequence[Sequence[Any]] = (),
+    ) -> Parallel:
+        """The mesh over all devices (or the first `num_devices`, single-process only): 1-D
+        `data`, or `data` x `fsdp` when `fsdp` > 1."""
         devices = jax.devices()
         if num_devices is not None:
             if jax.process_count() > 1 or not 0 < num_devices <= len(devices):
@@ -40,7 +55,17 @@ class Parallel:
                     "and is only allowed with a single process"
                 )
             devices = devices[:num_devices]
-        return cls(mode=mode, mesh=Mesh(np.asarray(devices), (DATA_AXIS,)))
+        rules = tuple((str(pattern), int(axis)) for pattern, axis in fsdp_rules)
+        if fsdp == 1:
+            return cls(mode=mode, mesh=Mesh(np.asarray(devices), (DATA_AXIS,)), fsdp_rules=rules)
+        _check_fsdp(mode, fsdp, len(devices))
+        grid = np.asarray(devices).reshape(-1, fsdp)  # neighbouring devices share a group
+        return cls(mode=mode, mesh=Mesh(grid, (DATA_AXIS, FSDP_AXIS)), fsdp_rules=rules)
+
+    @property
+    def fsdp(self) -> int:
+        """How many devices share each array of the state (1: every device holds it whole)."""
+        return dict(self.mesh.shape).get(FSDP_AXIS, 1)
 
     @property
     def num_devices(self) -> int:
@@ -65,8 +90,14 @@ class Parallel:
 
     @property
     def batch_sharding(self) -> NamedSharding:
-        """The leading (example) axis is split over the `data` axis."""
-        return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+        """The leading (example) axis is split over every device (the `data` and `fsdp` axes)."""
+        return NamedSharding(self.mesh, PartitionSpec(self.mesh.axis_names))
+
+    def state_sharding(self, state: Any) -> Any:
+        """A NamedSharding for every array of `state` (arrays or shapes): replicated, or split
+        over `fsdp` (research/sharding.py)."""
+        specs = state_specs(state, self.fsdp, self.fsdp_rules)
+        return jax.tree.map(lambda spec: NamedSharding(self.mesh, spec), specs)
 
     @property
     def _stacked(self) -> NamedSharding:
@@ -94,17 +125,21 @@ class Parallel:
         """Shapes, dtypes and target shardings of the state, computed without allocating it."""
         shapes = jax.eval_shape(init_fn, rng)
         return jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes
+            lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+            shapes,
+            self.state_sharding(shapes),
         )
 
     def init_state(self, init_fn: Callable[[jax.Array], Any], rng: jax.Array) -> Any:
-        """The initial state as replicated global arrays (created directly on the devices)."""
-        return jax.jit(init_fn, out_shardings=self.replicated)(rng)
+        """The initial state as global arrays, created directly in their shardings."""
+        shardings = self.state_sharding(jax.eval_shape(init_fn, rng))
+        return jax.jit(init_fn, out_shardings=shardings)(rng)
 
     def to_device(self, state: Any) -> Any:
-        """Global replicated state -> what the compiled step takes."""
+        """Global state -> what the compiled step takes (under fsdp: each array in its
+        sharding, whichever way it was placed, e.g. loaded source weights)."""
         if self.mode == "jit":
-            return state
+            return state if self.fsdp == 1 else jax.device_put(state, self.state_sharding(state))
         n = len(self.local_devices)
 
         def replicate(x: jax.Array) -> jax.Array:
@@ -144,12 +179,13 @@ class Parallel:
 
     # -- compiled steps ------------------------------------------------------------------------
 
-    def compile_train_step(self, step_fn: Callable) -> Callable:
-        """`(state, batch) -> (state, metrics)`, compiled once; the input state is donated."""
+    def compile_train_step(self, step_fn: Callable, state_sharding: Any = None) -> Callable:
+        """`(state, batch) -> (state, metrics)`, compiled once; the input state is donated.
+        `state_sharding`: the state's shardings (`state_sharding(shapes)`; default replicated)."""
         if self.mode == "jit":
             return jax.jit(
                 step_fn,
-                out_shardings=(self.replicated, self.replicated),
+                out_shardings=(state_sharding or self.replicated, self.replicated),
                 donate_argnums=(0,),
             )
         return jax.pmap(
@@ -163,9 +199,9 @@ class Parallel:
         return jax.pmap(step_fn, axis_name=DATA_AXIS, devices=self._pmap_devices)
 
     def to_host(self, tree: Any) -> Any:
-        """Fetch replicated step outputs (metrics, eval sums) as NumPy values."""
+        """Fetch step outputs (metrics, eval sums) or state as whole NumPy arrays."""
         if self.mode == "jit":
-            return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+            return jax.tree.map(_whole, tree)
         return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
 
     def describe(self) -> dict[str, Any]:
@@ -173,7 +209,27 @@ class Parallel:
         return {
             "mode": self.mode,
             "mesh": dict(self.mesh.shape),
+            "fsdp": self.fsdp,
             "devices": self.num_devices,
             "local_devices": len(self.local_devices),
             "processes": jax.process_count(),
         }
+
+
+def _whole(x: jax.Array) -> np.ndarray:
+    """A global array as one NumPy array on this host (gathered when it is sharded)."""
+    if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _check_fsdp(mode: str, fsdp: int, devices: int) -> None:
+    if mode != "jit":
+        raise ConfigError(
+            f"parallel.fsdp={fsdp} needs parallel.mode=jit: pmap is data-parallel only (every "
+            "device holds the whole state)"
+        )
+    if fsdp < 1 or devices % fsdp:
+        raise ConfigError(f"parallel.fsdp={fsdp} must divide the number of devices ({devices})")

@@ -11,6 +11,7 @@ from research.models import get_model
 from research.optim import build_optimizer
 from research.optim.mixup import make_batch_mixer
 from research.parallel import Parallel
+from research.sharding import FSDP_AXIS
 from research.tasks import ClassificationTask
 from research.train.state import make_init_fn
 from research.train.step import make_eval_step, make_train_step
@@ -26,8 +27,8 @@ def _data():
     return images, labels
 
 
-def _setup(mode: str, num_devices: int):
-    par = Parallel.create(mode, num_devices)
+def _setup(mode: str, num_devices: int, fsdp: int = 1):
+    par = Parallel.create(mode, num_devices, fsdp=fsdp)
     model = get_model(
         {"name": "cnn_tiny", "batch_norm": True, "dropout_rate": 0.0, "head_dropout_rate": 0.0},
         num_classes=10,
@@ -46,9 +47,9 @@ def _setup(mode: str, num_devices: int):
     return par, model, task, optimizer, state
 
 
-def _train(mode: str, num_devices: int, mixup: str = "none"):
+def _train(mode: str, num_devices: int, mixup: str = "none", fsdp: int = 1):
     chex.clear_trace_counter()  # each call builds (and may trace) its own step once
-    par, model, task, optimizer, state = _setup(mode, num_devices)
+    par, model, task, optimizer, state = _setup(mode, num_devices, fsdp)
     parts = default_parts(task, optimizer)
     if mixup != "none":
         mixer = make_batch_mixer(
@@ -64,12 +65,14 @@ def _train(mode: str, num_devices: int, mixup: str = "none"):
     step_fn = chex.assert_max_traces(
         make_train_step(model, task, optimizer, parts, axis_name=par.axis_name), n=1
     )
-    train_step = par.compile_train_step(step_fn)
+    train_step = par.compile_train_step(step_fn, par.state_sharding(state))
     images, labels = _data()
     losses = []
     for i in range(STEPS):
         state, metrics = train_step(state, par.put_batch({"image": images[i], "label": labels[i]}))
         losses.append(par.to_host(metrics)["train/loss"])
+    if fsdp > 1:  # the step kept the state split: not a replicated run in disguise
+        assert any(FSDP_AXIS in tuple(x.sharding.spec) for x in jax.tree.leaves(state.params))
     eval_step = par.compile_eval_step(make_eval_step(model, task, axis_name=par.axis_name))
     mask = np.ones(BATCH, np.float32)
     mask[-3:] = 0  # padded examples must not count
@@ -84,10 +87,13 @@ def reference():
     return _train("jit", 1)
 
 
-@pytest.mark.parametrize("mode,num_devices", [("jit", 8), ("pmap", 8), ("pmap", 1)])
-def test_same_result_on_any_device_count_and_driver(reference, mode, num_devices):
+@pytest.mark.parametrize(
+    "mode,num_devices,fsdp",
+    [("jit", 8, 1), ("pmap", 8, 1), ("pmap", 1, 1), ("jit", 8, 8), ("jit", 8, 4)],
+)
+def test_same_result_on_any_device_count_and_driver(reference, mode, num_devices, fsdp):
     ref_losses, ref_state, ref_sums = reference
-    losses, state, sums = _train(mode, num_devices)
+    losses, state, sums = _train(mode, num_devices, fsdp=fsdp)
     assert ref_losses[-1] < ref_losses[0]  # it learned something, so agreement is not vacuous
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(ref_state), strict=True):

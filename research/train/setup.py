@@ -85,7 +85,8 @@ def build_run(config: ml_collections.ConfigDict, extensions: Sequence[Extension]
     prepared = _open_sources(config, info)
     sources, num_classes = prepared.sources, prepared.num_classes
     config = cfg.resolve(config, num_train_examples=len(sources["train"]))
-    par = Parallel.create(config.parallel.mode, config.parallel.num_devices)
+    p = config.parallel
+    par = Parallel.create(p.mode, p.num_devices, p.fsdp, p.fsdp_rules)
     cfg.check_batch_divides(config, par.num_devices)
     check_init_from(config)
     first = sources["train"][0]
@@ -148,7 +149,7 @@ def build_run(config: ml_collections.ConfigDict, extensions: Sequence[Extension]
         transform=transform,
         augment=augment,
         init_fn=init_fn,
-        train_step=par.compile_train_step(train_step),
+        train_step=par.compile_train_step(train_step, _state_sharding(par, init_fn)),
         eval_step=par.compile_eval_step(eval_step),
         prepared=prepared,
         optimizer_overrides=overrides,
@@ -254,6 +255,11 @@ def _optimizer_config(
         config = ml_collections.FrozenConfigDict(c)
         overrides.update(changed)
     return config, overrides
+
+
+def _state_sharding(par: Parallel, init_fn: Callable[[jax.Array], Any]) -> Any:
+    """Where each array of the train state lives (replicated, or split over `fsdp`)."""
+    return par.state_sharding(jax.eval_shape(init_fn, jax.random.PRNGKey(0)))
 
 
 def _abstract_params(model: nn.Module, inputs: jax.Array) -> Any:
