@@ -105,7 +105,8 @@ def _train(session: Session, state: Any, preemption: Preemption) -> Any | None:
                     _save_on_preemption(session, state, step - 1, metrics)
                     return None
                 batch = run.par.put_batch(next(session.batches))
-                state, metrics = run.train_step(state, batch)
+                logged = every(c.log_every_steps, step) or step == run.total_steps
+                state, metrics = (run.train_step if logged else run.quiet_step)(state, batch)
                 state = _after_step(session, state, metrics, step)
                 bar.update(step)
         except DivergedError as e:

@@ -7,6 +7,7 @@ surfaces here as a UserError, so a failed start leaves the workdir untouched.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -64,7 +65,8 @@ class Run:
     transform: Callable[[dict], dict]
     augment: Callable[[dict, np.random.Generator], dict] | None
     init_fn: Callable[[jax.Array], Any]
-    train_step: Callable
+    train_step: Callable  # the step of log steps (with diagnostics when they are on)
+    quiet_step: Callable  # the other steps' (the same state update, no diagnostics)
     eval_step: Callable
     # The data as prepared (its vocabulary, a series' periods and training period); `sources`
     # are its sources or derived from them (cached features of a linear probe).
@@ -128,15 +130,22 @@ def build_run(config: ml_collections.ConfigDict, extensions: Sequence[Extension]
     teacher = load_teacher(config.distill, task.model_outputs, inputs)
     parts = _step_parts(config, task, optimizer, par, teacher, _zero_carry(model, config))
     init_fn = make_init_fn(model, optimizer.tx, inputs, parts)
-    train_step = make_train_step(
+    step = functools.partial(
+        make_train_step,
         model,
         task,
         optimizer,
-        parts,
         axis_name=par.axis_name,
         batch_norm_inference=batch_norm_inference(config),
         inference_mode=is_probe(config),
     )
+    sharding = _state_sharding(par, init_fn)
+    train_step = par.compile_train_step(step(parts), sharding)
+    # Diagnostics reach the host only at log steps: the other steps skip computing them.
+    quiet_parts = tuple(part for part in parts if not isinstance(part, Diagnostics))
+    quiet_step = train_step
+    if quiet_parts != parts:
+        quiet_step = par.compile_train_step(step(quiet_parts), sharding)
     eval_step = make_eval_step(model, task, axis_name=par.axis_name)
     return Run(
         config=config,
@@ -149,7 +158,8 @@ def build_run(config: ml_collections.ConfigDict, extensions: Sequence[Extension]
         transform=transform,
         augment=augment,
         init_fn=init_fn,
-        train_step=par.compile_train_step(train_step, _state_sharding(par, init_fn)),
+        train_step=train_step,
+        quiet_step=quiet_step,
         eval_step=par.compile_eval_step(eval_step),
         prepared=prepared,
         optimizer_overrides=overrides,

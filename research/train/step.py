@@ -11,6 +11,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 
 from research.optim import Optimizer
@@ -114,7 +115,18 @@ def _forward(
             mutable=["batch_stats"],
             **kwargs,
         )
-    return outputs, aux, mutated
+    return as_float32(outputs), as_float32(aux), mutated
+
+
+def as_float32(tree: Any) -> Any:
+    """Floating arrays in float32: a model computing in bfloat16 (`model.dtype`) hands the
+    task its outputs in float32, so losses, softmax and metrics are computed at full precision
+    (a no-op for a float32 model)."""
+    return jax.tree.map(lambda x: x.astype(jnp.float32) if _is_floating_array(x) else x, tree)
+
+
+def _is_floating_array(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.floating)
 
 
 def _norms_and_rate(
@@ -125,7 +137,7 @@ def _norms_and_rate(
     return {
         "grad_norm": optax.tree.norm(grads),
         "param_norm": optax.tree.norm(new_state.params),
-        "learning_rate": jax.numpy.asarray(rate, jax.numpy.float32),
+        "learning_rate": jnp.asarray(rate, jnp.float32),
     }
 
 
@@ -167,7 +179,7 @@ def make_eval_step(
         if axis_name is not None:
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
         apply = functools.partial(model.apply, variables)
-        outputs, aux = task.eval_outputs(apply, batch, rng)
+        outputs, aux = as_float32(task.eval_outputs(apply, batch, rng))
         sums = task.eval_sums(outputs, aux, batch)
         return jax.lax.psum(sums, axis_name) if axis_name is not None else sums
 
