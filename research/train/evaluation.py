@@ -6,7 +6,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from research import data
+from research import data, flops
 from research.reporting import curves
 from research.train.setup import Run
 
@@ -71,9 +71,10 @@ def plot(run: Run, rows: list[dict], test_sums: dict, directory: Path) -> list[P
 
 
 def compute_cost(run: Run) -> dict[str, float]:
-    """Parameter count and (under jit) XLA's FLOP count of one compiled train step.
+    """Parameter count and (under jit) the FLOPs of one train step, loop bodies times their
+    trip count (research/flops.py; XLA's cost analysis counts a scan's body once).
 
-    The step is lowered on abstract inputs (shapes and shardings only), so nothing is run, no
+    The step is traced on abstract inputs (shapes and shardings only), so nothing is run, no
     batch is drawn from the data iterator, and no executable is compiled.
     """
     cost = {"params/count": float(sum(np.prod(row["shape"]) for row in run.optimizer.table))}
@@ -92,9 +93,5 @@ def compute_cost(run: Run) -> dict[str, float]:
         )
         for k, v in sample.items()
     }
-    analysis = run.train_step.lower(state, batch).cost_analysis()
-    if isinstance(analysis, list):  # older JAX: one dict per computation
-        analysis = analysis[0]
-    if analysis and "flops" in analysis:
-        cost["compute/flops_per_step"] = float(analysis["flops"])
+    cost["compute/flops_per_step"] = flops.count(run.train_step, state, batch)
     return cost
