@@ -13,9 +13,10 @@ over rounds), the project's speed relative to each other framework (median over 
 per-round ratio [ratio of the fastest rounds]; above 1x the project is faster), the first
 step's time (tracing and compilation included), the project step's memory on one device (XLA's
 memory analysis) and its achieved FLOP/s (research/flops.py's count of the step, every scan
-body times its length, over the median time) against the machine's measured matmul peak. On a GPU the same command runs unchanged (PyTorch uses
-channels-last there, and autocast with --precision=bfloat16). Workloads: mlp, cnn,
-lstm_t50/100/200/400, resnet18_32, resnet50_32, resnet18_224, resnet50_224, vae.
+body times its length, over the median time) against the machine's measured matmul peak. On a
+GPU the same command runs unchanged (PyTorch uses channels-last there, and autocast with
+--precision=bfloat16). Workloads: mlp, cnn, lstm_t50/100/200/400, resnet18_32, resnet50_32,
+resnet18_224, resnet50_224, vae.
 Exit codes: 0 done; 2 user error (bad flag, unknown workload or framework).
 """
 

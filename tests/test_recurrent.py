@@ -319,6 +319,30 @@ def test_gradients_vanish_far_faster_through_a_tanh_rnn_than_an_lstm():
     assert rnn_decay < 1e-8
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_unrolled_scans_and_the_final_carry_path_give_the_same_outputs_and_gradients(kind):
+    """unroll=4 over 7 steps (a remainder) against unroll=1, and "last" pooling without lengths
+    (the final carry, after layer norm and dropout) against full lengths (a gather of states)."""
+    x = jax.random.normal(jax.random.PRNGKey(2), (3, 7, 2))
+    options = {"cell": kind, "hidden_sizes": (4, 3), "layer_norm": True, "dropout_rate": 0.3}
+    models = {u: RecurrentNet(num_classes=2, unroll=u, **options) for u in (1, 4)}
+    params = {"params": _random_params(_shapes(models[1], x)["params"], seed=2)}
+    rngs = {"dropout": jax.random.PRNGKey(3)}
+
+    def outputs_and_grads(model, **lengths):
+        def loss(p):
+            logits, aux = model.apply(p, x, train=True, rngs=rngs, **lengths)
+            return jnp.sum(logits**2), aux["pre_logits"]
+
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+    reference = outputs_and_grads(models[1], seq_lengths=np.full(3, 7))
+    for model in models.values():
+        chex.assert_trees_all_close(outputs_and_grads(model), reference, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="model.unroll must be a positive integer, got 0"):
+        get_model({"name": kind, "unroll": 0}, num_classes=2)
+
+
 def test_registry_names_options_and_errors():
     for cell in KINDS:
         assert MODELS[cell][1] == {"cell": cell} and MODELS[f"{cell}_tiny"][0] is RecurrentNet

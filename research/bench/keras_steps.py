@@ -31,8 +31,11 @@ if TYPE_CHECKING:
 PRECISIONS = ("float32", "bfloat16")
 ADAM_EPSILON = 1e-8  # optax's and torch's default (the project's optimizer.eps); Keras' is 1e-7
 
-# Keys that never change the network here: precision comes from `build`, sizes from the spec.
-_IGNORED = frozenset({"name", "dtype", "bn_axis_name", "num_classes", "num_outputs", "input_shape"})
+# Options that do not change the network's function: plumbing, precision (--precision) and
+# how the project's scan is compiled (unroll).
+_IGNORED = frozenset(
+    {"name", "dtype", "bn_axis_name", "num_classes", "num_outputs", "input_shape", "unroll"}
+)
 _INIT = frozenset({"kernel_init", "init_scale"})
 # Per kind: the project's class, and the options the builders implement (any other option must
 # keep the project's default). A bernoulli VAE decoder has no scale, so decoder_scale and

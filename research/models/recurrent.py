@@ -40,9 +40,11 @@ __all__ = [
 POOLINGS = ("last", "attention", "none")
 
 
-def _scan(cell: RecurrentCell, name: str, **options: Any) -> nn.RNN:
-    """nn.RNN over `cell` with the dropout rng broadcast over time (one mask per sequence)."""
-    return nn.RNN(cell, split_rngs={"params": False, "dropout": False}, name=name, **options)
+def _scan(cell: RecurrentCell, name: str, unroll: int, **options: Any) -> nn.RNN:
+    """nn.RNN over `cell` with the dropout rng broadcast over time (one mask per sequence),
+    `unroll` steps per loop iteration."""
+    split_rngs = {"params": False, "dropout": False}
+    return nn.RNN(cell, split_rngs=split_rngs, unroll=unroll, name=name, **options)
 
 
 class RecurrentLayer(nn.Module):
@@ -54,6 +56,7 @@ class RecurrentLayer(nn.Module):
     bidirectional: bool = False
     layer_norm: bool = False
     cell_options: Mapping[str, Any] | None = None
+    unroll: int = 1
 
     @nn.compact
     def __call__(
@@ -63,25 +66,30 @@ class RecurrentLayer(nn.Module):
         *,
         train: bool,
         initial_carry: Any = None,
-    ) -> tuple[jax.Array, Any]:
-        """(states per step, the forward RNN's final carry)."""
+    ) -> tuple[jax.Array, Any, jax.Array]:
+        """(states per step, the forward RNN's final carry, the layer's output at that carry:
+        the last step's state when `seq_lengths` is None and the layer is not bidirectional)."""
         # parent=None: each RNN adopts its cell as `cell`, giving paths like layer1/forward/cell.
         options = {**(self.cell_options or {}), "deterministic": not train, "parent": None}
-        forward = _scan(make_cell(self.cell, self.features, **options), "forward")
+        forward = _scan(make_cell(self.cell, self.features, **options), "forward", self.unroll)
         carry, states = forward(
             x, seq_lengths=seq_lengths, initial_carry=initial_carry, return_carry=True
         )
+        final = carry[1] if self.cell == "lstm" else carry  # the output is h; LSTM carries (c, h)
         if self.bidirectional:
             backward = _scan(
                 make_cell(self.cell, self.features, **options),
                 "backward",
+                self.unroll,
                 reverse=True,
                 keep_order=True,
             )
             states = jnp.concatenate([states, backward(x, seq_lengths=seq_lengths)], axis=-1)
         if self.layer_norm:
-            states = nn.LayerNorm(dtype=options["dtype"], name="norm")(states)
-        return states, carry
+            norm = nn.LayerNorm(dtype=options["dtype"], name="norm")
+            states = norm(states)
+            final = final if self.bidirectional else norm(final)
+        return states, carry, final.astype(states.dtype)
 
 
 class RecurrentNet(nn.Module):
@@ -107,6 +115,8 @@ class RecurrentNet(nn.Module):
     forward RNNs from a given state, and aux "carry" holds each layer's final state.
     aux: "states" (last layer, per step), "pre_logits" (pooled), "attention" (weights, when used),
     "carry".
+    `unroll` time steps run per loop iteration of each scan: the same function, compiled larger;
+    4 measured fastest for the adding problem's LSTM on CPU (launch/bench.py; 8 was slower).
     """
 
     num_classes: int = 0
@@ -123,6 +133,7 @@ class RecurrentNet(nn.Module):
     forget_bias: float = 1.0
     kernel_init: str = "glorot"
     init_scale: float = 0.01
+    unroll: int = 4
     dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
@@ -151,6 +162,8 @@ class RecurrentNet(nn.Module):
             raise ConfigError(
                 f"model.num_outputs / num_classes must be positive, got {self.head_size}"
             )
+        if not isinstance(self.unroll, int) or self.unroll < 1:
+            raise ConfigError(f"model.unroll must be a positive integer, got {self.unroll!r}")
 
     @property
     def layer_cells(self) -> tuple[str, ...]:
@@ -203,15 +216,22 @@ class RecurrentNet(nn.Module):
                 bidirectional=self.bidirectional,
                 layer_norm=self.layer_norm,
                 cell_options=options,
+                unroll=self.unroll,
                 name=f"layer{i}",
             )
             start = None if initial_carry is None else initial_carry[i - 1]
-            x, carry = layer(x, seq_lengths, train=train, initial_carry=start)
+            x, carry, final = layer(x, seq_lengths, train=train, initial_carry=start)
             carries.append(carry)
-            x = nn.Dropout(self.dropout_rate, broadcast_dims=(1,), deterministic=not train)(x)
+            if train and self.dropout_rate > 0:
+                keep = self._dropout_scale(x)  # one mask per sequence, for x and final alike
+                x, final = x * keep, final * keep[:, 0, : final.shape[-1]]  # forward half
         states = jnp.where(real[..., None], x, 0)
         aux = {"states": states, "carry": tuple(carries)}
-        if self.pooling == "last":
+        if self.pooling == "last" and seq_lengths is None and not self.bidirectional:
+            # The final carry's output is the last state; taking it keeps the per-step states
+            # out of backpropagation (reading them costs a slice and an add at every step).
+            pooled = final
+        elif self.pooling == "last":
             pooled = _last_state(states, real, self.bidirectional)
         elif self.pooling == "none":
             pooled = states
@@ -221,6 +241,11 @@ class RecurrentNet(nn.Module):
         init = {"kernel_init": self.kernel_init, "init_scale": self.init_scale, "dtype": self.dtype}
         outputs = dense(self.head_size, name="head", **init)(pooled)
         return outputs.astype(jnp.float32), aux
+
+    def _dropout_scale(self, x: jax.Array) -> jax.Array:
+        """(batch, 1, features): 0 or 1 / (1 - rate), drawn once per sequence and feature."""
+        ones = jnp.ones((x.shape[0], 1, x.shape[-1]), x.dtype)
+        return nn.Dropout(self.dropout_rate, broadcast_dims=(1,), deterministic=False)(ones)
 
 
 def as_sequence(x: jax.Array) -> jax.Array:

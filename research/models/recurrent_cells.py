@@ -136,9 +136,7 @@ class LSTMCell(RecurrentCell):
     ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
         c, h = carry
         x_part, h_part = self._project(h, x)
-        i, f, g, o = jnp.split(x_part + h_part, 4, axis=-1)
-        new_c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
-        new_h = nn.sigmoid(o) * jnp.tanh(new_c)
+        new_c, new_h = _lstm_update(x_part + h_part, c)
         new_c, new_h = new_c.astype(c.dtype), new_h.astype(h.dtype)
         return (new_c, new_h), new_h
 
@@ -162,13 +160,31 @@ class GRUCell(RecurrentCell):
     def __call__(self, carry: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         x_part, h_part = self._project(carry, x)
         b_hn = self.param("recurrent_bias", nn.initializers.zeros, (self.features,))
-        x_r, x_z, x_n = jnp.split(x_part, 3, axis=-1)
-        h_r, h_z, h_n = jnp.split(h_part, 3, axis=-1)
-        r = nn.sigmoid(x_r + h_r)
-        z = nn.sigmoid(x_z + h_z)
-        n = jnp.tanh(x_n + r * (h_n + b_hn.astype(self.dtype)))
-        h = ((1.0 - z) * n + z * carry.astype(self.dtype)).astype(carry.dtype)
+        h = _gru_update(x_part, h_part, b_hn.astype(self.dtype), carry.astype(self.dtype))
+        h = h.astype(carry.dtype)
         return h, h
+
+
+# The gates' elementwise updates are rematerialised in backpropagation: a scan then keeps only
+# their inputs per step (the pre-activations, c or h) rather than every sigmoid and tanh, and
+# each kept array costs a write at every step, which on CPU outweighs recomputing them.
+@jax.checkpoint
+def _lstm_update(gates: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(c_t, h_t) from the pre-activations (i, f, g, o) side by side and c_{t-1}."""
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    new_c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
+    return new_c, nn.sigmoid(o) * jnp.tanh(new_c)
+
+
+@jax.checkpoint
+def _gru_update(x_part: jax.Array, h_part: jax.Array, b_hn: jax.Array, h: jax.Array) -> jax.Array:
+    """h_t from the input and recurrent projections (r, z, n side by side) and h_{t-1}."""
+    x_r, x_z, x_n = jnp.split(x_part, 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(h_part, 3, axis=-1)
+    r = nn.sigmoid(x_r + h_r)
+    z = nn.sigmoid(x_z + h_z)
+    n = jnp.tanh(x_n + r * (h_n + b_hn))
+    return (1.0 - z) * n + z * h
 
 
 CELLS: Mapping[str, type[RecurrentCell]] = MappingProxyType(
