@@ -89,9 +89,17 @@ def bench(args: argparse.Namespace) -> list[str]:
     return [
         *report.table(rows, args.frameworks, peak),
         "",
-        f"{hardware.describe()}; {args.precision}; median of {args.rounds} interleaved rounds of "
-        f"{args.steps} steps; measured float32 matmul peak {peak / 1e9:.0f} GFLOP/s",
+        f"{hardware.describe()}; {_versions(args.frameworks)}; {args.precision}; median of "
+        f"{args.rounds} interleaved rounds of {args.steps} steps; measured float32 matmul peak "
+        f"{peak / 1e9:.0f} GFLOP/s",
     ]
+
+
+def _versions(frameworks: list[str]) -> str:
+    """'torch 2.13.0, keras 3.15.1': the other frameworks' versions, as installed."""
+    from importlib.metadata import version  # noqa: PLC0415
+
+    return ", ".join(f"{f} {version(f)}" for f in frameworks if f != "project") or "project only"
 
 
 def main(argv: list[str]) -> int:

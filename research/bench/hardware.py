@@ -13,10 +13,22 @@ import jax.numpy as jnp
 def describe() -> str:
     """The device JAX runs on, with the host's CPU and core count (named in every table)."""
     device = jax.devices()[0]
-    cpu = platform.processor() or platform.machine()
+    cpu = _cpu_model() or platform.processor() or platform.machine()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     name = device.device_kind if device.platform != "cpu" else f"CPU ({cpu}, {cores} cores)"
     return f"{name}, {len(jax.devices())} device(s), jax {jax.__version__}"
+
+
+def _cpu_model() -> str | None:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def matmul_peak(size: int = 1024, repeats: int = 10, dtype: str = "float32") -> float:

@@ -32,9 +32,9 @@ PRECISIONS = ("float32", "bfloat16")
 ADAM_EPSILON = 1e-8  # optax's and torch's default (the project's optimizer.eps); Keras' is 1e-7
 
 # Options that do not change the network's function: plumbing, precision (--precision) and
-# how the project's scan is compiled (unroll).
+# how the project computes scans and convolutions (unroll, conv).
 _IGNORED = frozenset(
-    {"name", "dtype", "bn_axis_name", "num_classes", "num_outputs", "input_shape", "unroll"}
+    {"name", "dtype", "bn_axis_name", "num_classes", "num_outputs", "input_shape", "unroll", "conv"}
 )
 _INIT = frozenset({"kernel_init", "init_scale"})
 # Per kind: the project's class, and the options the builders implement (any other option must

@@ -33,7 +33,7 @@ def table(rows: Sequence[Row], frameworks: Sequence[str], peak_flops: float) -> 
 def _cells(row: Row, frameworks: Sequence[str], others: Sequence[str], peak: float) -> list[str]:
     project = row.steps["project"]
     cells = [row.workload.name, str(row.workload.batch_size), f"{project.num_params:,}"]
-    cells += [f"{1e3 * row.timings.median(f):.3g}" for f in frameworks]
+    cells += [_ms(row.timings.median(f)) for f in frameworks]
     for other in others:
         median, best = speedup(row, other)
         cells.append(f"{median:.2f}x [{best:.2f}x]")
@@ -41,6 +41,12 @@ def _cells(row: Row, frameworks: Sequence[str], others: Sequence[str], peak: flo
     cells.append("-" if project.peak_bytes is None else f"{project.peak_bytes / MIB:.1f}")
     cells.append(_flops(project.flops, row.timings.median("project"), peak))
     return cells
+
+
+def _ms(seconds: float) -> str:
+    """Milliseconds to 3 significant digits, whole above 1000 ('2,804', not '2.8e+03')."""
+    ms = 1e3 * seconds
+    return f"{ms:,.0f}" if ms >= 1000 else f"{ms:.3g}"
 
 
 def _flops(flops: float | None, seconds: float, peak: float) -> str:

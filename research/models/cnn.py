@@ -12,6 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from research.models.conv import check_impl
 from research.models.layers import ConvBlock, dense
 
 
@@ -24,6 +25,7 @@ class Stage(nn.Module):
     bn_axis_name: str | None = None
     kernel_init: str = "lecun"
     init_scale: float = 0.01
+    conv: str = "auto"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -35,6 +37,7 @@ class Stage(nn.Module):
                 bn_axis_name=self.bn_axis_name,
                 kernel_init=self.kernel_init,
                 init_scale=self.init_scale,
+                conv=self.conv,
                 dtype=self.dtype,
                 name=f"block{b}",
             )(x, train=train)
@@ -54,7 +57,12 @@ class CNN(nn.Module):
     bn_axis_name: str | None = None
     kernel_init: str = "lecun"  # every conv and dense kernel; see layers.KERNEL_INITS
     init_scale: float = 0.01  # stddev of kernel_init="normal"
+    conv: str = "auto"  # research/models/conv.py: auto | xla | im2col
     dtype: Any = jnp.float32
+
+    def __post_init__(self) -> None:
+        check_impl(self.conv)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> tuple[jnp.ndarray, dict]:
@@ -67,6 +75,7 @@ class CNN(nn.Module):
                 self.blocks_per_stage,
                 batch_norm=self.batch_norm,
                 bn_axis_name=self.bn_axis_name,
+                conv=self.conv,
                 dtype=self.dtype,
                 name=f"stage{s}",
                 **init,

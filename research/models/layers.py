@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.errors import ConfigError
+from research.models.conv import conv_function
 
 Initializer = Callable[..., jax.Array]
 
@@ -84,6 +85,7 @@ class ConvBlock(nn.Module):
     bn_axis_name: str | None = None
     kernel_init: str = "lecun"
     init_scale: float = 0.01
+    conv: str = "auto"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -96,6 +98,7 @@ class ConvBlock(nn.Module):
             kernel_init=get_kernel_init(self.kernel_init, self.init_scale),
             bias_init=nn.initializers.zeros,
             dtype=self.dtype,
+            conv_general_dilated=conv_function(self.conv),
             name="conv",
         )(x)
         if self.batch_norm:
@@ -134,8 +137,10 @@ def conv(
     padding: int | str = 0,
     use_bias: bool = False,
     groups: int = 1,
+    impl: str = "auto",
 ) -> nn.Conv:
-    """A square nn.Conv with He fan_out kernels and zero bias; an int padding is symmetric.
+    """A square nn.Conv with He fan_out kernels and zero bias; an int padding is symmetric;
+    `impl` is the model's `conv` option (research/models/conv.py).
 
     Call it inside a parent's compact method so the layer is registered under `name` there.
     """
@@ -150,6 +155,7 @@ def conv(
         kernel_init=CONV_KERNEL_INIT,
         bias_init=nn.initializers.zeros,
         dtype=dtype,
+        conv_general_dilated=conv_function(impl),
         name=name,
     )
 
@@ -179,6 +185,7 @@ class ConvBN(nn.Module):
     batch_norm: bool = True
     bn_epsilon: float = 1e-5
     bn_axis_name: str | None = None
+    conv: str = "auto"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -190,6 +197,7 @@ class ConvBN(nn.Module):
             padding=self.padding,
             use_bias=self.use_bias,
             dtype=self.dtype,
+            impl=self.conv,
             name="conv",
         )(x)
         if self.batch_norm:

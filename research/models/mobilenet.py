@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from research.errors import ConfigError
+from research.models.conv import check_impl
 from research.models.layers import ConvBN, batch_norm, conv, dense, global_avg_pool
 
 # (expansion t, channels c, blocks n, first stride s) per stage: the paper's Table 2.
@@ -44,6 +45,7 @@ class InvertedResidual(nn.Module):
     strides: int = 1
     bn_epsilon: float = 1e-3
     bn_axis_name: str | None = None
+    conv: str = "auto"  # research/models/conv.py: auto | xla | im2col (depthwise: always xla)
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -77,6 +79,7 @@ class InvertedResidual(nn.Module):
             padding="SAME",
             groups=groups,
             dtype=self.dtype,
+            impl=self.conv,
             name=f"{prefix}_conv",
         )(x)
         return batch_norm(
@@ -97,6 +100,7 @@ class MobileNetV2Stage(nn.Module):
     strides: int = 1
     bn_epsilon: float = 1e-3
     bn_axis_name: str | None = None
+    conv: str = "auto"  # research/models/conv.py: auto | xla | im2col (depthwise: always xla)
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -108,6 +112,7 @@ class MobileNetV2Stage(nn.Module):
                 strides=self.strides if b == 1 else 1,
                 bn_epsilon=self.bn_epsilon,
                 bn_axis_name=self.bn_axis_name,
+                conv=self.conv,
                 dtype=self.dtype,
                 name=f"block{b}",
             )(x, train=train)
@@ -128,10 +133,12 @@ class MobileNetV2(nn.Module):
     bn_epsilon: float = 1e-3
     dropout_rate: float = 0.0
     bn_axis_name: str | None = None
+    conv: str = "auto"  # research/models/conv.py: auto | xla | im2col (depthwise: always xla)
     dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
         """Reject malformed options when the model is built, not at its first call."""
+        check_impl(self.conv)
         if not self.alpha > 0:
             raise ConfigError(f"model.alpha must be positive, got {self.alpha}")
         if any(len(setting) != 4 for setting in self.settings):
@@ -146,6 +153,7 @@ class MobileNetV2(nn.Module):
         common = {
             "bn_epsilon": self.bn_epsilon,
             "bn_axis_name": self.bn_axis_name,
+            "conv": self.conv,
             "dtype": self.dtype,
         }
         stem = ConvBN(

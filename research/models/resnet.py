@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from research.errors import ConfigError
+from research.models.conv import check_impl
 from research.models.layers import ConvBN, batch_norm, conv, dense, global_avg_pool
 
 BLOCKS = ("basic", "bottleneck")
@@ -29,6 +30,7 @@ class ResNetBlock(nn.Module):
     conv_bias: bool = False
     bn_epsilon: float = 1e-5
     bn_axis_name: str | None = None
+    conv: str = "auto"  # research/models/conv.py: auto | xla | im2col
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -66,6 +68,7 @@ class ResNetBlock(nn.Module):
             padding=kernel_size // 2,
             use_bias=self.conv_bias,
             dtype=self.dtype,
+            impl=self.conv,
             name=conv_name,
         )(x)
         return batch_norm(
@@ -88,6 +91,7 @@ class ResNetStage(nn.Module):
     conv_bias: bool = False
     bn_epsilon: float = 1e-5
     bn_axis_name: str | None = None
+    conv: str = "auto"  # research/models/conv.py: auto | xla | im2col
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -101,6 +105,7 @@ class ResNetStage(nn.Module):
                 conv_bias=self.conv_bias,
                 bn_epsilon=self.bn_epsilon,
                 bn_axis_name=self.bn_axis_name,
+                conv=self.conv,
                 dtype=self.dtype,
                 name=f"block{b}",
             )(x, train=train)
@@ -123,10 +128,12 @@ class ResNet(nn.Module):
     conv_bias: bool = False
     stride_in_1x1: bool = False
     bn_axis_name: str | None = None
+    conv: str = "auto"  # research/models/conv.py: auto | xla | im2col
     dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
         """Reject inconsistent options when the model is built, not at its first call."""
+        check_impl(self.conv)
         if self.block not in BLOCKS:
             raise ConfigError(f"unknown model.block '{self.block}'; known: {', '.join(BLOCKS)}")
         if len(self.stage_blocks) != len(self.widths):
@@ -141,6 +148,7 @@ class ResNet(nn.Module):
         common = {
             "bn_epsilon": self.bn_epsilon,
             "bn_axis_name": self.bn_axis_name,
+            "conv": self.conv,
             "dtype": self.dtype,
         }
         x = ConvBN(

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from research.errors import ConfigError
+from research.models.conv import check_impl
 from research.models.layers import ConvBN, adaptive_avg_pool, dense, global_avg_pool
 
 CLASSIFIERS = ("fc", "gap")
@@ -27,6 +28,7 @@ class VGGStage(nn.Module):
     batch_norm: bool = False
     bn_epsilon: float = 1e-5
     bn_axis_name: str | None = None
+    conv: str = "auto"  # research/models/conv.py: auto | xla | im2col
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -40,6 +42,7 @@ class VGGStage(nn.Module):
                 batch_norm=self.batch_norm,
                 bn_epsilon=self.bn_epsilon,
                 bn_axis_name=self.bn_axis_name,
+                conv=self.conv,
                 dtype=self.dtype,
                 name=f"block{b}",
             )(x, train=train)
@@ -71,10 +74,12 @@ class VGG(nn.Module):
     adaptive_pool: int | None = 7
     dropout_rate: float = 0.5
     bn_axis_name: str | None = None
+    conv: str = "auto"  # research/models/conv.py: auto | xla | im2col
     dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
         """Reject inconsistent options when the model is built, not at its first call."""
+        check_impl(self.conv)
         if self.classifier not in CLASSIFIERS:
             raise ConfigError(
                 f"unknown model.classifier '{self.classifier}'; known: {', '.join(CLASSIFIERS)}"
@@ -99,6 +104,7 @@ class VGG(nn.Module):
                 batch_norm=self.batch_norm,
                 bn_epsilon=self.bn_epsilon,
                 bn_axis_name=self.bn_axis_name,
+                conv=self.conv,
                 dtype=self.dtype,
                 name=f"stage{s}",
             )(x, train=train)
