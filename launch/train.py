@@ -15,6 +15,7 @@ import time
 from absl import flags, logging
 from ml_collections import config_flags
 
+from research import compile_cache
 from research.errors import EXIT_OK, EXIT_PREEMPTED, EXIT_USER_ERROR, DivergedError, UserError
 from research.interrupts import Interrupted, StopSignals
 
@@ -74,6 +75,7 @@ def _train() -> object:
 
     if config.parallel.distributed:
         jax.distributed.initialize()
+    compile_cache.enable()  # before the first compilation; RESEARCH_COMPILATION_CACHE=off
     from research.train.loop import train_and_evaluate  # noqa: PLC0415
 
     return train_and_evaluate(config, FLAGS.workdir)

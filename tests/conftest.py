@@ -8,3 +8,6 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["KERAS_BACKEND"] = "jax"  # the Keras porting tests build keras.applications on JAX
+# Every test compiles afresh (and writes nothing to the user's cache); test_compile_cache.py
+# turns the persistent cache on in its own processes.
+os.environ.setdefault("RESEARCH_COMPILATION_CACHE", "off")

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LinearRegression
 
 from research.data.windows import as_2d, target_columns
 from research.errors import DataError
@@ -96,6 +95,8 @@ class LinearAR:
         if len(origins) == 0 or origins.max() + horizon >= len(series):
             raise DataError(f"LinearAR.fit needs origins whose {horizon} targets are observed")
         future = series[origins[:, None] + np.arange(1, horizon + 1)[None, :]]
+        from sklearn.linear_model import LinearRegression  # noqa: PLC0415 (1 s of imports)
+
         model = LinearRegression().fit(
             _lags(series, origins, order), future.reshape(len(origins), -1)
         )

@@ -6,8 +6,6 @@ network. Pixels (0..16) are scaled by 16 to uint8 0..255 so they look like mnist
 
 import numpy as np
 import tensorflow_datasets as tfds
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from research.data.builders.offline import OfflineBuilder
 
@@ -36,6 +34,9 @@ _RANDOM_STATE = 0
 
 def split_indices() -> dict[str, np.ndarray]:
     """Return the fixed, stratified example indices of each split into `load_digits()`."""
+    from sklearn.datasets import load_digits  # noqa: PLC0415 (1 s of imports: only when building)
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415
+
     labels = load_digits().target
     index = np.arange(len(labels))
     rest, test = train_test_split(
@@ -76,6 +77,8 @@ class Digits(OfflineBuilder):
         return {name: self._generate_examples(idx) for name, idx in split_indices().items()}
 
     def _generate_examples(self, indices: np.ndarray):
+        from sklearn.datasets import load_digits  # noqa: PLC0415 (only when building)
+
         digits = load_digits()
         images = np.clip(digits.images * 16, 0, 255).astype(np.uint8)[..., None]
         for i in indices:

@@ -9,7 +9,6 @@ labels are those of "digits"; the offset of example i is drawn from a generator 
 
 import numpy as np
 import tensorflow_datasets as tfds
-from sklearn.datasets import load_digits
 
 from research.data.builders.digits import split_indices
 from research.data.builders.offline import OfflineBuilder
@@ -51,6 +50,8 @@ class DigitsCanvas(OfflineBuilder):
         return {name: self._generate_examples(idx) for name, idx in split_indices().items()}
 
     def _generate_examples(self, indices: np.ndarray):
+        from sklearn.datasets import load_digits  # noqa: PLC0415 (only when building)
+
         digits = load_digits()
         images = np.clip(digits.images * 16, 0, 255).astype(np.uint8)[..., None]
         for i in indices:
