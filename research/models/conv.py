@@ -9,7 +9,8 @@ so ported weights and checkpoints do not care which one ran. The model option `c
 - "xla": `lax.conv_general_dilated`;
 - "im2col": patches and a matmul for every ungrouped, undilated 2-D convolution (others: XLA);
 - "auto" (default): im2col on CPU where the output map has at most `AUTO_MAX_PIXELS` pixels or
-  the kernel is 1x1, XLA's convolution elsewhere and on every other backend.
+  the kernel is 1x1, XLA's convolution elsewhere and on every other backend (at 8x8 maps the
+  quickstart CNN's step was no faster as im2col, and its larger programs compile slower).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from jax import lax
 from research.errors import ConfigError
 
 CONV_IMPLS = ("auto", "xla", "im2col")
-AUTO_MAX_PIXELS = 64  # output maps of 8x8 and smaller; measured with launch/bench.py
+AUTO_MAX_PIXELS = 16  # output maps of 4x4 and smaller; measured with launch/bench.py
 
 
 def check_impl(name: str) -> None:
