@@ -32,7 +32,10 @@ def _conv_and_grads(impl: str, x, kernel_size, strides, padding, features=5):
         y = layer.apply(p, inputs)
         return jnp.sum(y * weights), y
 
-    (_, y), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
+    step = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    lowered = str(jax.make_jaxpr(step)(params, x))
+    assert ("conv_general_dilated" in lowered) == (impl == "xla")  # im2col really ran
+    (_, y), grads = jax.jit(step)(params, x)
     return y, grads
 
 
