@@ -26,16 +26,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from research.errors import EXIT_OK, EXIT_USER_ERROR, ConfigError, UserError
+from research.cli import Parser, run_table_command
+from research.errors import ConfigError
 
 PRECISIONS = ("float32", "bfloat16")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as a UserError (one line, exit 2)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"bad command line: {message}")
 
 
 def _names(text: str) -> list[str]:
@@ -45,7 +39,7 @@ def _names(text: str) -> list[str]:
 def _parse(argv: list[str]) -> argparse.Namespace:
     from research.bench import runner, workloads  # noqa: PLC0415 (jax loads after parsing)
 
-    parser = _Parser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", type=_names, default=["mlp", "cnn", "lstm_t100", "vae"])
     parser.add_argument("--frameworks", type=_names, default=list(runner.FRAMEWORKS))
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (median taken)")
@@ -104,18 +98,7 @@ def _versions(frameworks: list[str]) -> str:
 
 def main(argv: list[str]) -> int:
     """Runs the benchmark; a user error is one line on stderr and exit code 2."""
-    try:
-        args = _parse(argv)
-        lines = bench(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", EXIT_USER_ERROR)
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    return EXIT_OK
+    return run_table_command(_parse, bench, argv)
 
 
 if __name__ == "__main__":

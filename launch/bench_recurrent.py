@@ -22,16 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-from research.errors import EXIT_OK, EXIT_USER_ERROR, ConfigError, UserError
+from research.cli import Parser, run_table_command
+from research.errors import ConfigError
 
 WARMUP_STEPS = 2  # after compilation: the first runs may still allocate and autotune
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as a UserError (one line, exit 2)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"bad command line: {message}")
 
 
 def _int_list(text: str) -> list[int]:
@@ -46,7 +40,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = _Parser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated cells")
     parser.add_argument("--lengths", type=_int_list, default=[100, 200, 400, 800])
     parser.add_argument("--batch_size", type=int, default=32)
@@ -138,18 +132,7 @@ def bench(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str]) -> int:
     """Runs the benchmark; a user error is one line on stderr and exit code 2."""
-    try:
-        args = _parse(argv)
-        lines = bench(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", EXIT_USER_ERROR)
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    return EXIT_OK
+    return run_table_command(_parse, bench, argv)
 
 
 if __name__ == "__main__":

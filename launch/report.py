@@ -24,17 +24,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from research.cli import Parser
 from research.errors import EXIT_OK, EXIT_USER_ERROR, ConfigError, UserError, WorkdirError
 
 SCALING_METRIC = "test/loss"  # a power law with an offset describes a loss, not an accuracy
 CONVERGENCE_METRIC = "eval/accuracy"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as a UserError (one line, exit 2)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"bad command line: {message}")
 
 
 def _whole(minimum: int):
@@ -53,7 +47,7 @@ def _whole(minimum: int):
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "dir", help="directory holding runs (searched recursively; local or gs://bucket/...)"
     )

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from research.bench import keras_steps
+from research.bench.options import check_spec, model_options
 from research.bench.spec import Batch, Spec
 from research.models import get_model
 
@@ -173,8 +174,8 @@ def test_keras_on_another_backend_is_an_error(monkeypatch: pytest.MonkeyPatch) -
 def test_options_the_builders_lack_are_rejected(kind: str, options: dict, loss: str) -> None:
     spec = Spec(kind, options, (8, 8, 1), 1, loss)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        keras_steps.check_spec(spec, "float32")
-        keras_steps.model_options(spec)
+        check_spec(spec, "float32")
+        model_options(spec)
 
 
 # --- the same function as the project's network -------------------------------------------------

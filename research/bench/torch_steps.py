@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 # The option helpers are framework-free; keras_steps imports Keras only inside its functions.
-from research.bench.keras_steps import check_spec, model_options
+from research.bench.options import check_spec, model_options
 from research.bench.spec import Batch, Spec, Step
 
 # --- initialisers (flax's, in torch's (out, in, ...) weight layout) ---------------------------
